@@ -1,0 +1,31 @@
+"""The `labkit` command: `labkit doctor`, `labkit course`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description="The fine-tuning course's lab kit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="preflight checks before a workshop (OK / WARN / FAIL per line)")
+    course = sub.add_parser("course", help="run every lesson headless and print the course report")
+    course.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
+    args = parser.parse_args(argv)
+
+    if args.command == "doctor":
+        from labkit.env import doctor
+
+        checks = doctor()
+        return 1 if any(c.status == "FAIL" for c in checks) else 0
+    if args.command == "course":
+        from labkit.course import run_course
+
+        runs = run_course(only=args.only)
+        return 0 if all(r.ok for r in runs) else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

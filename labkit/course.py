@@ -1,0 +1,134 @@
+"""Run the whole course headless: every lesson in order, with a report an instructor can read.
+
+Each lesson calls `headline("...")` once with the result it proves (for example
+"tuned exact match 32/32, base 0/32"); the runner picks those lines out of the executed notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADLINE_PREFIX = "HEADLINE: "
+
+
+def headline(text: str) -> None:
+    """Print the one-line result of a lesson; `make course` collects it into its report."""
+    print(f"{HEADLINE_PREFIX}{text}")
+
+
+@dataclass
+class NotebookRun:
+    name: str
+    seconds: float
+    ok: bool
+    peak_mb: float
+    headline: str
+    error: str = ""
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark of resident memory (Linux), else 0."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _headline_of(nb) -> str:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            for line in text.splitlines():
+                if line.startswith(HEADLINE_PREFIX):
+                    return line.removeprefix(HEADLINE_PREFIX)
+    return ""
+
+
+def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
+    """Execute one notebook; write the executed copy and an HTML copy under out_dir."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    peak = [0.0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            km = client.km
+            proc = getattr(getattr(km, "provisioner", None), "process", None) if km else None
+            if proc is not None:
+                peak[0] = max(peak[0], _peak_rss_mb(proc.pid))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    start = time.perf_counter()
+    ok, error = True, ""
+    watcher.start()
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        ok, error = False, str(exc).strip().splitlines()[-1][:200]
+    except Exception as exc:  # noqa: BLE001 - a report must still be written
+        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        stop.set()
+        watcher.join(timeout=2)
+    seconds = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(out_dir / path.name))
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (out_dir / path.with_suffix(".html").name).write_text(html)
+    return NotebookRun(path.stem, seconds, ok, peak[0], _headline_of(nb), error)
+
+
+def report_markdown(runs: list[NotebookRun]) -> str:
+    total = sum(r.seconds for r in runs)
+    lines = [
+        "# Course runtime report",
+        "",
+        "| notebook | seconds | peak MB | result | headline |",
+        "|---|---:|---:|---|---|",
+    ]
+    for r in runs:
+        status = "pass" if r.ok else f"FAIL: {r.error}"
+        lines.append(f"| {r.name} | {r.seconds:.0f} | {r.peak_mb:.0f} | {status} | {r.headline} |")
+    n_ok = sum(r.ok for r in runs)
+    lines += ["", f"Total: {total / 60:.1f} min, {n_ok}/{len(runs)} notebooks passed."]
+    return "\n".join(lines) + "\n"
+
+
+def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
+               only: list[str] | None = None) -> list[NotebookRun]:
+    """Execute every lesson in order; print and write build/course-report.md; return the runs."""
+    root = Path(__file__).resolve().parent.parent
+    lessons_dir = lessons_dir or root / "lessons"
+    out_dir = out_dir or root / "build" / "course"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    paths = sorted(lessons_dir.glob("*.ipynb"))
+    if only:
+        paths = [p for p in paths if any(o in p.stem for o in only)]
+    if not paths:
+        raise FileNotFoundError(f"No lesson notebooks in {lessons_dir}.")
+    runs = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        run = run_notebook(path, out_dir)
+        print(f"  {'pass' if run.ok else 'FAIL'} in {run.seconds:.0f} s  {run.headline or run.error}", flush=True)
+        runs.append(run)
+    text = report_markdown(runs)
+    (out_dir.parent / "course-report.md").write_text(text)
+    print()
+    print(text)
+    print(f"Executed notebooks and HTML copies: {out_dir}")
+    return runs

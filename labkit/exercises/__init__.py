@@ -1,0 +1,11 @@
+"""Exercises: `check_*` functions that give a learner friendly feedback, and the generator.
+
+Each check prints what passed or, for the first case that fails, the input, what was expected
+and what the learner's code gave; it returns True/False so a notebook cell can assert on it.
+`python -m labkit.exercises build` regenerates `exercises/` from `solutions/` (see build.py).
+"""
+
+from labkit.exercises.feedback import Feedback, report  # noqa: F401
+
+# Each topic's checks live in their own module; import them here so notebooks can write
+# `from labkit.exercises import check_to_record`.

