@@ -6,8 +6,4 @@ when none is given) and returns the Axes, so a notebook can add to it or a test 
 
 from __future__ import annotations
 
-import matplotlib
-
-if matplotlib.get_backend().lower() == "agg" or __import__("os").environ.get("MPLBACKEND"):
-    pass
-import matplotlib.pyplot as plt  # noqa: E402,F401
+import matplotlib.pyplot as plt  # noqa: F401
