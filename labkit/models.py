@@ -321,3 +321,14 @@ def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
 def model_footprint_mb(model) -> float:
     """Bytes held by parameters and buffers, in MB (what `get_memory_footprint` reports)."""
     return model.get_memory_footprint() / 1e6
+
+
+def chat(model, tokenizer, message: str, max_new_tokens: int = 64, system: str | None = None) -> str:
+    """One greedy chat turn through the tokenizer's own chat template → the reply text."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True).to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

