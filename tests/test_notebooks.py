@@ -1,0 +1,92 @@
+"""The committed form of the course notebooks, and the exercise system built from solutions."""
+
+import nbformat
+import pytest
+
+from labkit import notebooks as nbs
+from labkit.exercises import build as exb
+
+ALL = nbs.notebooks()
+SOLUTIONS = sorted((nbs.ROOT / "solutions").glob("*.ipynb"))
+EXERCISES = sorted((nbs.ROOT / "exercises").glob("*.ipynb"))
+
+
+def test_every_lesson_of_the_course_map_exists():
+    lessons = sorted(p.stem for p in (nbs.ROOT / "lessons").glob("*.ipynb"))
+    assert lessons[0] == "00_setup"
+    assert [name[:2] for name in lessons] == sorted({name[:2] for name in lessons}), "duplicate lesson numbers"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_notebook_follows_the_committed_policy(path):
+    assert nbs.problems(path) == []
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_badge_points_at_this_notebook_in_the_configured_repo(path):
+    rel = path.relative_to(nbs.ROOT).as_posix()
+    first = nbs.read(path).cells[0].source
+    settings = nbs.project_settings()
+    assert settings["repo"].removeprefix("https://github.com/") in first and first.splitlines()[0].endswith(f"/{rel})")
+
+
+def test_policy_catches_what_it_claims(tmp_path):
+    root = tmp_path
+    (root / "lessons").mkdir()
+    (root / "pyproject.toml").write_text((nbs.ROOT / "pyproject.toml").read_text())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("print('/root/x')")]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="hf_" + "a" * 34)]
+    nb.cells[1].execution_count = 3
+    path = root / "lessons" / "t.ipynb"
+    nbs.write(nb, path)
+    found = "\n".join(nbs.problems(path, root=root))
+    for expected in ("badge", "setup cell", "execution count", "stores outputs", "secret", "path of this machine"):
+        assert expected in found
+    nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(root))
+    nb.cells[2].source = "print(1)"
+    nbs.clean(nb)
+    nbs.write(nb, path)
+    assert nbs.problems(path, root=root) == []
+
+
+def test_exercises_are_in_sync_with_solutions():
+    assert exb.build(check_only=True) == [], "run: python -m labkit.exercises build"
+
+
+def test_blanking_keeps_indentation_and_hint():
+    src = "def f(x):\n    ### BEGIN SOLUTION: return twice x\n    return 2 * x\n    ### END SOLUTION\nprint(f(2))"
+    out, n = exb.blank_out(src)
+    assert n == 1
+    assert out == "def f(x):\n    raise NotImplementedError('Your turn: return twice x')\nprint(f(2))"
+
+
+@pytest.mark.parametrize("src", ["### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
+                                 "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"])
+def test_unbalanced_markers_are_errors(src):
+    with pytest.raises(exb.MarkerError):
+        exb.blank_out(src)
+
+
+def test_every_solution_has_blanks_and_a_check():
+    assert SOLUTIONS, "no solution notebooks"
+    for sol in SOLUTIONS:
+        text = "\n".join(c.source for c in nbs.read(sol).cells)
+        assert "### BEGIN SOLUTION" in text, sol.name
+        assert "check_" in text, f"{sol.name} does not end with a labkit.exercises check"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_unfilled_exercise_stops_at_its_first_blank_with_a_friendly_message(path):
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbs.read(path)
+    first_blank = next(i for i, c in enumerate(nb.cells)
+                       if c.cell_type == "code" and "NotImplementedError('Your turn" in c.source)
+    with pytest.raises(CellExecutionError) as err:
+        nbs.execute(nb, path.parent, timeout=600)
+    assert err.value.ename == "NotImplementedError"
+    assert "Your turn" in err.value.evalue
+    ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+    assert max(ran) == first_blank, f"stopped at cell {max(ran)}, first blank is cell {first_blank}"
