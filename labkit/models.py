@@ -227,10 +227,15 @@ def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
                          "Install it: pip install -U 'bitsandbytes>=0.47'") from exc
+    return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype))
+
+
+def bnb_kwargs(quantization: str, dtype: torch.dtype) -> dict:
+    """The BitsAndBytesConfig arguments for "nf4" (QLoRA's recipe) or "int8" (drift-guard tested)."""
     if quantization == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=dtype)
+    return dict(load_in_8bit=True)
 
 
 def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None):

@@ -1,0 +1,85 @@
+"""Drift guards: the libraries' APIs move often; these fail loudly, naming what moved.
+
+Each guard checks a keyword argument labkit passes against the current signature of the callee
+(`inspect.signature`), and that dependency ranges agree between pyproject.toml and environment.yml
+and admit what is installed.
+"""
+
+import importlib.metadata
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_accepts(fn, kwargs: dict, what: str) -> None:
+    names = set(inspect.signature(fn).parameters)
+    unknown = sorted(set(kwargs) - names)
+    assert not unknown, (
+        f"API drift: {what} no longer accepts {unknown}. Installed signature: {sorted(names)}. "
+        "Update labkit to the new API and the tested range in pyproject.toml / environment.yml."
+    )
+
+
+def pyproject_requirements() -> dict[str, str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
+    return {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in reqs}
+
+
+def environment_requirements() -> dict[str, str]:
+    text = (ROOT / "environment.yml").read_text()
+    out = {}
+    for line in re.findall(r'^\s*-\s*"([^"]+)"\s*$', text, flags=re.M):
+        if line.startswith("-e"):
+            continue
+        r = Requirement(line)
+        out[r.name.lower()] = str(r.specifier)
+    return out
+
+
+def test_environment_yml_agrees_with_pyproject():
+    py, conda = pyproject_requirements(), environment_requirements()
+    assert py == conda, {k: (py.get(k), conda.get(k)) for k in set(py) | set(conda) if py.get(k) != conda.get(k)}
+
+
+@pytest.mark.parametrize("name", sorted(pyproject_requirements()))
+def test_installed_version_is_in_the_tested_range(name):
+    spec = pyproject_requirements()[name]
+    version = importlib.metadata.version(name)
+    assert Requirement(f"{name}{spec}").specifier.contains(version, prereleases=True), (
+        f"{name} {version} is outside the tested range {spec}: run `make setup`, or test and widen the range."
+    )
+
+
+def test_bitsandbytes_config_arguments():
+    from transformers import BitsAndBytesConfig
+
+    from labkit.models import bnb_kwargs
+
+    for q in ("nf4", "int8"):
+        assert_accepts(BitsAndBytesConfig.__init__, bnb_kwargs(q, torch.float32), "BitsAndBytesConfig")
+
+
+def test_from_pretrained_arguments_still_exist():
+    from transformers import PreTrainedModel
+
+    doc = inspect.getsource(PreTrainedModel.from_pretrained)
+    for kw in ("dtype", "use_safetensors", "trust_remote_code", "device_map", "quantization_config"):
+        assert kw in doc, f"API drift: from_pretrained no longer mentions {kw!r}"
+
+
+def test_bitsandbytes_cpu_repacking_internals_that_labkit_guards():
+    """labkit.train undoes bitsandbytes' CPU weight repacking before training: the names it uses must exist."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    assert hasattr(F, "_convert_weight_packed_for_cpu_inverse"), "API drift: bitsandbytes repack inverse moved"
+    layer = bnb.nn.Linear4bit(8, 8, quant_type="nf4")
+    assert hasattr(layer, "support_avx512bf16_for_cpu"), "API drift: Linear4bit.support_avx512bf16_for_cpu moved"
