@@ -118,9 +118,11 @@ def course_profile(dev: str | None = None) -> Profile:
     """CPU: small and exact, each notebook in minutes on 2 cores. GPU: larger sets and batches.
 
     The CPU profile never skips the step a lesson is about; it only trains on fewer records.
-    Set LABKIT_PROFILE=cpu to force the CPU sizes on a GPU machine (for comparisons).
+    Set LABKIT_PROFILE=cpu to force the CPU sizes on a GPU machine (for comparisons), and
+    LABKIT_MODEL to try a larger Hub model on a GPU (see `choose_model`).
     """
     dev = dev or device()
+    model = choose_model()
     if os.environ.get("LABKIT_PROFILE", "").lower() == "cpu":
         dev = "cpu"
     dtype = compute_dtype(dev)
@@ -130,7 +132,7 @@ def course_profile(dev: str | None = None) -> Profile:
             name="gpu-t4" if t4 else "gpu",
             device=dev,
             dtype=str(dtype).removeprefix("torch."),
-            model="smollm2-135m",
+            model=model,
             n_train=256,
             n_val=32,
             n_test=64,
@@ -143,7 +145,7 @@ def course_profile(dev: str | None = None) -> Profile:
         name="cpu",
         device=dev,
         dtype="float32",
-        model="smollm2-135m",
+        model=model,
         n_train=160,
         n_val=16,
         n_test=32,
@@ -152,6 +154,23 @@ def course_profile(dev: str | None = None) -> Profile:
         gradient_checkpointing=False,
         optim="adamw_torch",
     )
+
+
+def choose_model() -> str:
+    """The course model: the embedded SmolLM2-135M unless LABKIT_MODEL names another registry model.
+
+    A Hub model (e.g. LABKIT_MODEL=smollm2-360m on a Colab GPU) is used only when online; offline
+    the course falls back to the embedded model and says so, so a workshop never stalls on a download.
+    """
+    from labkit.models import DEFAULT_MODEL, get_spec
+
+    wanted = os.environ.get("LABKIT_MODEL", "").strip() or DEFAULT_MODEL
+    spec = get_spec(wanted)
+    if not spec.embedded and is_offline():
+        print(f"labkit: LABKIT_MODEL={wanted} needs the Hugging Face Hub and this runtime is offline; "
+              f"using the embedded {DEFAULT_MODEL} instead.")
+        return DEFAULT_MODEL
+    return wanted
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,3 +99,15 @@ def test_doctor_on_a_mocked_t4_says_fp16(monkeypatch, capsys):
 def test_doctor_fail_line_names_the_fix():
     c = env.Check("gguf", "FAIL", "not installed", "make setup")
     assert c.line().startswith("[FAIL]") and "make setup" in c.line()
+
+
+def test_hub_model_on_gpu_when_online_embedded_when_offline(monkeypatch, capsys):
+    mock_cuda(monkeypatch, (7, 5))
+    monkeypatch.setenv("LABKIT_MODEL", "smollm2-360m")
+    monkeypatch.setattr(env, "is_offline", lambda: False)
+    assert env.course_profile().model == "smollm2-360m"
+    monkeypatch.setattr(env, "is_offline", lambda: True)
+    assert env.course_profile().model == "smollm2-135m"
+    assert "offline" in capsys.readouterr().out
+    monkeypatch.delenv("LABKIT_MODEL")
+    assert env.course_profile().model == "smollm2-135m"
