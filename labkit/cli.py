@@ -10,6 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description="The fine-tuning course's lab kit.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="preflight checks before a workshop (OK / WARN / FAIL per line)")
+    sub.add_parser("cache", help="convert the embedded model to the fast cache now (before a workshop)")
     course = sub.add_parser("course", help="run every lesson headless and print the course report")
     course.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
     args = parser.parse_args(argv)
@@ -19,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
 
         checks = doctor()
         return 1 if any(c.status == "FAIL" for c in checks) else 0
+    if args.command == "cache":
+        from labkit.models import ensure_cached
+
+        print(ensure_cached())
+        return 0
     if args.command == "course":
         from labkit.course import run_course
 
