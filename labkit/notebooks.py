@@ -6,7 +6,8 @@ Policy (CI enforces it with `python -m labkit.notebooks check`):
   nothing anywhere else;
 - outputs are stored only for cells marked `# NBVAL_CHECK_OUTPUT` (nbval compares those exactly
   under `--nbval-lax`); every other cell is stored without outputs;
-- no execution counts, no cell metadata but tags, no kernel/machine details, no secrets, no paths.
+- no execution counts (checked cells keep their position, which nbval needs), no cell metadata
+  but tags, no kernel or machine details, no secrets, no paths.
 
 `stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
 repository URL lives); `refresh` executes a notebook and keeps only the checked outputs; `clean`
@@ -97,18 +98,21 @@ def clean(nb, keep_checked_outputs: bool = True) -> None:
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
     }
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
         tags = cell.get("metadata", {}).get("tags", [])
         cell.metadata = {"tags": tags} if tags else {}
         cell.pop("id", None)
         if cell.cell_type == "code":
-            cell.execution_count = None
-            if not (keep_checked_outputs and is_checked(cell)):
+            keep = keep_checked_outputs and is_checked(cell)
+            # nbval treats a reference cell with outputs but no execution count as "unrun" and fails
+            # it, so checked cells keep a stable count (their position); all others have none.
+            count = i if keep else None
+            cell.execution_count = count
+            if not keep:
                 cell.outputs = []
             for out in cell.outputs:
                 if "execution_count" in out:
-                    out["execution_count"] = None
-                out.pop("metadata", None) if not out.get("metadata") else None
+                    out["execution_count"] = count
         elif "attachments" in cell and not cell.attachments:
             cell.pop("attachments")
     nb.nbformat, nb.nbformat_minor = 4, 5
@@ -157,7 +161,7 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
         if extra:
             out.append(f"{rel}: cell {i} has metadata {sorted(extra)}")
         if cell.cell_type == "code":
-            if cell.execution_count is not None:
+            if cell.execution_count is not None and not (is_checked(cell) and cell.execution_count == i):
                 out.append(f"{rel}: cell {i} has an execution count")
             if cell.outputs and not is_checked(cell):
                 out.append(f"{rel}: cell {i} stores outputs but is not marked {CHECK_MARKER}")
