@@ -1,0 +1,417 @@
+"""LoRA: a frozen weight W plus a small trainable update B·A, scaled by alpha / r.
+
+Two views of the same idea live here. `LoRALinear` is LoRA from scratch in a dozen lines, so a
+learner can read every multiplication. `lora_config` / `add_lora` put PEFT's LoRA on a real model,
+which is what the course trains with. `count_parameters` and `estimate_lora_params` answer "how
+much am I really training?" — the estimate from a config alone, exactly equal to PEFT's count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAError(RuntimeError):
+    """A LoRA step cannot go on; the message says what happened and what to try."""
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA from scratch
+
+
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus a trainable low-rank update: y = W x + (B A x) · alpha / r.
+
+    A (rank × in) starts random and B (out × rank) starts at zero, so B·A = 0 and the wrapped layer
+    computes exactly what the base layer does at step 0: training starts from the pretrained model,
+    not from noise. Only A and B (rank · (in + out) numbers) get gradients.
+    """
+
+    def __init__(self, linear: nn.Linear, rank: int = 8, alpha: float = 16):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank}.")
+        self.linear = linear
+        self.linear.requires_grad_(False)  # W stays frozen
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, linear.in_features, dtype=linear.weight.dtype,
+                                          device=linear.weight.device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # the same init PEFT uses for lora_A
+        self.B = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype,
+                                          device=linear.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + (x @ self.A.T @ self.B.T) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update B·A·scale that merging adds to W (same shape as W)."""
+        return self.B @ self.A * self.scale
+
+
+def replace_linear_with_lora(model: nn.Module, rank: int = 8, alpha: float = 16,
+                             targets: Iterable[str] | None = None) -> nn.Module:
+    """Freeze every parameter of `model`, then wrap its `nn.Linear` layers in `LoRALinear` (in place).
+
+    `targets` are child names to wrap (e.g. ("q_proj", "v_proj")); None wraps every nn.Linear.
+    Returns the same model, so only the new A and B matrices are trainable.
+    """
+    model.requires_grad_(False)
+    wanted = set(targets) if targets is not None else None
+    found = _replace(model, rank, alpha, wanted)
+    if wanted is not None and not found:
+        raise LoRAError(f"No nn.Linear named any of {sorted(wanted)} in this model, so nothing was "
+                        "wrapped. Print the model to see its layer names.")
+    return model
+
+
+def _replace(module: nn.Module, rank: int, alpha: float, wanted: set[str] | None) -> int:
+    n = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and (wanted is None or name in wanted):
+            setattr(module, name, LoRALinear(child, rank, alpha))
+            n += 1
+        elif not isinstance(child, LoRALinear):
+            n += _replace(child, rank, alpha, wanted)
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# PEFT's LoRA on a real model
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05,
+                targets: Sequence[str] = DEFAULT_TARGETS, use_dora: bool = False):
+    """A `peft.LoraConfig` for a causal LM with the course's defaults.
+
+    r 16 and alpha 2·r are the usual start; dropout 0.05 regularises the adapter a little;
+    q/k/v/o are the attention projections (add gate/up/down for a stronger adaptation).
+    `use_dora=True` gives DoRA: the weight split into magnitude and direction, LoRA on the direction.
+    """
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                      bias="none", task_type=TaskType.CAUSAL_LM, use_dora=use_dora)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True for a model loaded in 4-bit or 8-bit by bitsandbytes."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def add_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+             targets: Sequence[str] = DEFAULT_TARGETS, use_dora: bool = False):
+    """Attach LoRA adapters to `model` → a `PeftModel` whose only trainable weights are the adapters.
+
+    For a 4/8-bit model (QLoRA) it first calls `peft.prepare_model_for_kbit_training`, which
+    freezes the base, upcasts norms to fp32 and makes the inputs carry gradients. Gradient
+    checkpointing (recompute activations in backward to save memory) is switched on only where the
+    course profile wants it (a T4 in fp16); on a CPU it only costs time. Prints nothing: call
+    `count_parameters` to see what you train.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from labkit import env
+
+    if is_quantized(model):
+        use_gc = env.course_profile().gradient_checkpointing and _device_of(model).type == "cuda"
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gc)
+    try:
+        with warnings.catch_warnings():  # transformers' own deprecation inside PEFT: noise for a learner
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, lora_config(r, alpha, dropout, targets, use_dora))
+    except ValueError as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear_like(m)})
+        raise LoRAError(f"PEFT could not attach LoRA to targets {list(targets)}: {exc}\n"
+                        f"Linear layer names in this model: {names}") from exc
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Counting
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+    percent: float
+
+    def __str__(self) -> str:  # the same line as PEFT's print_trainable_parameters()
+        return (f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
+                f"|| trainable%: {self.percent:.4f}")
+
+
+def count_parameters(model: nn.Module) -> ParamCount:
+    """Trainable and total parameters, counted the way PEFT's `get_nb_trainable_parameters` does.
+
+    bitsandbytes stores a 4-bit weight as packed bytes (two 4-bit numbers per uint8), so its tensor
+    reports half the real element count; like PEFT we count a `Params4bit` as elements × 2 × bytes
+    per storage element. Tied weights (embedding = lm_head) are counted once.
+    """
+    trainable = total = 0
+    for _, param in model.named_parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            if hasattr(param, "element_size"):
+                nbytes = param.element_size()
+            else:
+                nbytes = getattr(getattr(param, "quant_storage", None), "itemsize", 1)
+            n = n * 2 * nbytes
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return ParamCount(trainable, total, 100 * trainable / total if total else 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Estimating the LoRA size from a config, without weights
+
+_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
+_GPT2_LIKE = {"gpt2"}
+
+
+def projection_shapes(config) -> dict[str, list[tuple[int, int]]]:
+    """(in_features, out_features) of every LoRA-able projection in ONE decoder layer, by name.
+
+    Llama-style (Llama, Mistral, Qwen2/3, SmolLM2, Gemma): q/o are hidden × heads·head_dim; k/v are
+    hidden × kv_heads·head_dim (grouped-query attention makes them smaller); gate/up/down are the
+    MLP. GPT-2 has fused projections: c_attn (hidden → 3·hidden), and two layers named c_proj
+    (attention hidden → hidden, MLP 4·hidden → hidden), so "c_proj" means both.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(config, "model_type", None)
+    if kind in _LLAMA_LIKE:
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        inter = config.intermediate_size
+        return {"q_proj": [(hidden, heads * head_dim)], "k_proj": [(hidden, kv_heads * head_dim)],
+                "v_proj": [(hidden, kv_heads * head_dim)], "o_proj": [(heads * head_dim, hidden)],
+                "gate_proj": [(hidden, inter)], "up_proj": [(hidden, inter)], "down_proj": [(inter, hidden)]}
+    if kind in _GPT2_LIKE:
+        hidden = config.n_embd
+        inner = getattr(config, "n_inner", None) or 4 * hidden
+        return {"c_attn": [(hidden, 3 * hidden)], "c_proj": [(hidden, hidden), (inner, hidden)],
+                "c_fc": [(hidden, inner)]}
+    raise NotImplementedError(
+        f"estimate_lora_params knows Llama-style models ({', '.join(sorted(_LLAMA_LIKE))}) and GPT-2, "
+        f"not model_type={kind!r}. Count on the real thing instead: build the model on the meta device "
+        "(`with torch.device('meta'): AutoModelForCausalLM.from_config(config)`), add LoRA, and call "
+        "count_parameters — no weights are loaded.")
+
+
+def num_layers(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
+def estimate_lora_params(config, r: int = 16, target_modules: Sequence[str] = DEFAULT_TARGETS,
+                         use_dora: bool = False) -> int:
+    """The exact number of LoRA parameters PEFT will add, from a transformers config alone.
+
+    Each targeted projection of shape in → out gets A (r × in) and B (out × r): r · (in + out)
+    numbers, in every decoder layer. DoRA adds one magnitude per output feature (out more).
+    """
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    shapes = projection_shapes(config)
+    unknown = [t for t in target_modules if t not in shapes]
+    if unknown:
+        raise ValueError(f"Unknown target module(s) {unknown} for model_type "
+                         f"{getattr(config, 'model_type', '?')!r}; known: {sorted(shapes)}.")
+    per_layer = sum(r * (i + o) + (o if use_dora else 0) for t in set(target_modules) for i, o in shapes[t])
+    return per_layer * num_layers(config)
+
+
+def count_lora_on_meta(config, r: int = 16, target_modules: Sequence[str] = DEFAULT_TARGETS,
+                       use_dora: bool = False) -> ParamCount:
+    """PEFT's own count for LoRA on the model a config describes, with no weights loaded.
+
+    The model is built on PyTorch's meta device (shapes only, no memory), so even a 70B config
+    counts in seconds: the ground truth `estimate_lora_params` is checked against.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # GPT-2's Conv1D: PEFT fixes it
+        peft_model = get_peft_model(model, LoraConfig(r=r, target_modules=list(target_modules), use_dora=use_dora))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return ParamCount(trainable, total, 100 * trainable / total)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and merging
+
+
+def save_adapter(model, path: str | Path) -> float:
+    """Save only the adapter (PEFT `save_pretrained`, safetensors) → its weights file size in MB.
+
+    This is what you publish or keep per task: megabytes, against the hundreds of MB (or GB) of
+    the base model it needs at load time.
+    """
+    if not hasattr(model, "peft_config"):
+        raise LoRAError("save_adapter needs a PEFT model (from add_lora / get_peft_model); this model "
+                        "has no adapters. To save a whole model use model.save_pretrained(path).")
+    path = Path(path)
+    model.save_pretrained(str(path), safe_serialization=True)
+    weights = path / "adapter_model.safetensors"
+    return weights.stat().st_size / 1e6
+
+
+@dataclass
+class MergeReport:
+    """What merge_and_verify found. `max_abs_diff` is adapter-on-fp32-base vs merged (must be tiny);
+    `source_diff` is the model you passed vs merged: quantisation error when you trained on NF4."""
+
+    merged_model: nn.Module = field(repr=False)
+    max_abs_diff: float
+    ok: bool
+    source_diff: float
+    source_quantized: bool
+    atol: float
+
+    def __str__(self) -> str:
+        src = "NF4/8-bit base (quantisation error, information only)" if self.source_quantized else "same-precision base"
+        return (f"merged vs adapter+fp32 base: max |Δlogit| = {self.max_abs_diff:.2e} (atol {self.atol:g}) "
+                f"-> {'OK' if self.ok else 'MISMATCH'}\n"
+                f"merged vs the model you trained ({src}): max |Δlogit| = {self.source_diff:.2e}")
+
+
+DEFAULT_MERGE_PROMPTS = ("The capital of France is", "Invoice: 2 pens at 1.50 each",
+                         "def add(a, b):")
+
+
+@contextmanager
+def _evaluating(model: nn.Module):
+    """model.eval() for the duration (dropout off), restoring each module's mode afterwards.
+
+    bitsandbytes 4-bit layers stay in train mode: on AVX512-BF16 CPUs a Linear4bit that runs in eval
+    mode without grad repacks its weight in place, after which training silently stops learning.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if type(m).__name__ == "Linear4bit":
+            m.training = True
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _logits(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    dev = _device_of(model)
+    with _evaluating(model), torch.no_grad():
+        return [model(input_ids=ids.to(dev)).logits.float().cpu() for ids in batches]
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", tokenizer=None,
+                     atol: float = 1e-3, prompts: Sequence[str] | None = None) -> MergeReport:
+    """Merge the adapter into a FULL-PRECISION copy of the base and prove the merge is faithful.
+
+    Why not merge into the 4-bit base you trained on: merging computes W + B·A·scale and would have
+    to re-quantise that sum to 4 bits. The update is small next to W, so rounding to the 16 NF4
+    levels throws most of it away and the merged model loses what it learned. So: load the base in
+    fp32 (`base_source`: a course model name, or a clean base model object), load the adapter
+    weights onto it, compare its logits with the merged model's on a few prompts (they must agree
+    within `atol`), and return the merged model.
+
+    If you trained on NF4, your model and the merged fp32 model differ by the quantisation error
+    of the base: reported as `source_diff`, for information. If you trained on a same-precision
+    base, `source_diff` must be within atol too — a large one means the wrong base model.
+    """
+    from peft import PeftModel
+
+    if not hasattr(peft_model, "peft_config") or not hasattr(peft_model, "merge_and_unload"):
+        raise LoRAError("merge_and_verify needs a PeftModel (from add_lora or training with LoRA); "
+                        f"got {type(peft_model).__name__}. A fully fine-tuned model has nothing to merge.")
+    if isinstance(base_source, str):
+        from labkit.models import load_model, load_tokenizer
+
+        base = load_model(base_source)[0].float()
+        tokenizer = tokenizer or load_tokenizer(base_source)
+    else:
+        if _has_adapters(base_source):
+            raise LoRAError("The base model you passed already contains LoRA layers (get_peft_model / "
+                            "add_lora change a model in place). Pass a clean copy of the base, e.g. "
+                            "copy.deepcopy(base) made before adding LoRA, or a course model name.")
+        base = copy.deepcopy(base_source).float()
+    base.eval()
+
+    batches = _prompt_batches(tokenizer, prompts, base.config.vocab_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        try:
+            reference = PeftModel.from_pretrained(base, tmp)
+        except Exception as exc:  # noqa: BLE001 - shape mismatches and missing keys, explained
+            raise LoRAError(f"The adapter does not fit the base model {_name(base_source)}: {exc}\n"
+                            "Merge into the same base architecture you trained on.") from exc
+    reference_logits = _logits(reference, batches)
+    merged = reference.merge_and_unload()
+    merged.eval()
+    merged_logits = _logits(merged, batches)
+    source_logits = _logits(peft_model, batches)
+    diff = _max_diff(reference_logits, merged_logits)
+    source_diff = _max_diff(source_logits, merged_logits)
+    quantized = is_quantized(peft_model.get_base_model())
+    ok = diff <= atol and (quantized or source_diff <= atol)
+    report = MergeReport(merged, diff, ok, source_diff, quantized, atol)
+    if not ok:
+        why = (f"merged vs adapter-on-fp32-base differs by {diff:.3g} > atol {atol:g}: the merge changed "
+               "the model's outputs." if diff > atol else
+               f"the merged model differs from the model you trained by {source_diff:.3g} > atol {atol:g}, "
+               f"although both are full precision: {_name(base_source)} is probably not the base the "
+               "adapter was trained on.")
+        raise LoRAError(f"Merge verification failed: {why}\n{report}")
+    return report
+
+
+def _has_adapters(model: nn.Module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer | LoRALinear) for m in model.modules())
+
+
+def _name(base_source) -> str:
+    return repr(base_source) if isinstance(base_source, str) else f"the {type(base_source).__name__} you passed"
+
+
+def _prompt_batches(tokenizer, prompts: Sequence[str] | None, vocab_size: int) -> list[torch.Tensor]:
+    """One [1, T] id tensor per prompt; without a tokenizer, fixed pseudo-random ids."""
+    prompts = list(prompts or DEFAULT_MERGE_PROMPTS)
+    if tokenizer is not None:
+        return [tokenizer(p, return_tensors="pt")["input_ids"] for p in prompts]
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab_size, (1, 12), generator=gen) for _ in prompts]

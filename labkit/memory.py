@@ -1,0 +1,276 @@
+"""How much GPU memory does training need? Estimates for full fine-tuning, LoRA and QLoRA.
+
+Training memory is four piles: the weights, a gradient for every trainable weight, the optimizer's
+state for every trainable weight (AdamW keeps two running averages), and the activations saved
+for the backward pass. Full fine-tuning pays the last three for *every* parameter; LoRA only for
+the adapters; QLoRA also shrinks the frozen weights to 4 bits. Sizes are in decimal GB (1e9 bytes),
+as GPU vendors and the course's worked numbers use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
+
+GB = 1e9
+# QLoRA paper (Dettmers et al. 2023): NF4 stores 4 bits per weight; one fp32 absmax per 64 weights adds
+# 0.5 bits, which double quantisation (8-bit absmax, one fp32 per 256 of those) cuts to 0.127 bits.
+NF4_BITS_PER_PARAM = 4.127
+
+# Optimizer state, bytes per trainable parameter, as a function of the training dtype's bytes.
+OPTIMIZERS = {
+    "adamw": lambda b: 2 * b,  # two moments kept in the training dtype (pure 16-bit training)
+    "adamw_mixed": lambda b: 12,  # fp32 master weights + two fp32 moments (classic mixed precision)
+    "adamw_8bit": lambda b: 2,  # two 8-bit moments (bitsandbytes); paged_adamw_8bit is the same size
+    "paged_adamw_8bit": lambda b: 2,
+    "sgd": lambda b: 0,
+}
+
+# Shapes of real model families, for the hardware table and for sizes given as a bare count.
+PRESETS: dict[str, dict] = {
+    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, head_dim=64, tie_word_embeddings=True),
+    "llama-3.2-3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, head_dim=128, tie_word_embeddings=True),
+    "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                       intermediate_size=11008, vocab_size=32000),
+    "llama-3-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       intermediate_size=14336, vocab_size=128256),
+    "llama-2-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
+                        intermediate_size=13824, vocab_size=32000),
+    "llama-65b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=64,
+                      intermediate_size=22016, vocab_size=32000),
+    "llama-2-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                        intermediate_size=28672, vocab_size=32000),
+}
+
+# GPUs by memory, smallest first: what the hardware table recommends.
+GPUS = ((16, "T4 16 GB (free Colab)"), (24, "24 GB (RTX 4090 / A10G)"), (48, "48 GB (A6000 / L40S)"),
+        (80, "80 GB (A100 / H100)"))
+
+
+def preset_config(name: str):
+    """A `transformers.LlamaConfig` with the shapes of a real model (no weights, no download)."""
+    from transformers import LlamaConfig
+
+    if name not in PRESETS:
+        raise KeyError(f"No preset {name!r}; known: {', '.join(PRESETS)}.")
+    return LlamaConfig(**PRESETS[name])
+
+
+def count_params_from_config(config) -> int:
+    """Total parameters of the model a config describes (tied embeddings counted once).
+
+    Llama configs are counted by formula (fast); others by building the model on the meta device,
+    which allocates no memory.
+    """
+    if getattr(config, "model_type", None) == "llama":
+        return _llama_params(config)
+    return count_params_on_meta(config)
+
+
+def _llama_params(config) -> int:
+    h, v = config.hidden_size, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q_out = config.num_attention_heads * head_dim
+    kv_out = (config.num_key_value_heads or config.num_attention_heads) * head_dim
+    attn = h * q_out + 2 * h * kv_out + q_out * h
+    attn += (q_out + 2 * kv_out + h) if getattr(config, "attention_bias", False) else 0
+    mlp = 3 * h * config.intermediate_size
+    mlp += (2 * config.intermediate_size + h) if getattr(config, "mlp_bias", False) else 0
+    layer = attn + mlp + 2 * h  # two RMSNorm weights
+    embeddings = v * h * (1 if config.tie_word_embeddings else 2)
+    return config.num_hidden_layers * layer + embeddings + h  # + final norm
+
+
+def count_params_on_meta(config) -> int:
+    """Total parameters of the model a config describes, built on the meta device (no memory used)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # parameters() counts tied weights once
+
+
+@cache
+def preset_params(name: str) -> int:
+    """Total parameters of a preset (counted once, then cached)."""
+    return count_params_from_config(preset_config(name))
+
+
+def nearest_preset(n_params: float) -> str:
+    """The preset whose size is closest to `n_params`."""
+    sizes = {name: preset_params(name) for name in PRESETS}
+    return min(sizes, key=lambda name: abs(sizes[name] - n_params))
+
+
+@dataclass
+class MemoryEstimate:
+    method: str
+    n_params: int
+    trainable_params: int
+    weights_gb: float
+    gradients_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    total_gb: float
+    assumptions: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [("weights", self.weights_gb), ("gradients", self.gradients_gb),
+                ("optimizer state", self.optimizer_gb), ("activations (rough)", self.activations_gb),
+                ("total", self.total_gb)]
+        head = (f"{self.method}: {self.n_params / 1e9:.2f}B params, {self.trainable_params:,d} trainable "
+                f"({100 * self.trainable_params / self.n_params:.2f}%)")
+        lines = [head] + [f"  {name:<20} {gb:8.2f} GB" for name, gb in rows]
+        return "\n".join(lines + ["  assumptions:"] + [f"  - {a}" for a in self.assumptions])
+
+
+def estimate_training_memory(config_or_n_params, method: str = "full", r: int = 16,
+                             target_modules: Sequence[str] = DEFAULT_TARGETS, batch_size: int = 1,
+                             seq_len: int = 512, dtype_bytes: int = 2, optimizer: str = "adamw",
+                             gradient_checkpointing: bool | None = None) -> MemoryEstimate:
+    """Estimate training memory for `method` = "full" | "lora" | "qlora" → MemoryEstimate (GB).
+
+    Pass a transformers config (exact shapes) or a parameter count (shapes then come from the
+    nearest preset; the assumptions say which). Defaults follow the course's rule of thumb for
+    full fine-tuning — pure 16-bit training with AdamW moments in 16-bit: 2 (weights) + 2 (grads)
+    + 4 (Adam) = 8 bytes per parameter, so 7B ≈ 56 GB plus activations. Classic mixed precision
+    keeps fp32 master weights and moments (`optimizer="adamw_mixed"`, 16 bytes/param, ~112 GB for
+    7B). Activations are a rough rule (see assumptions), not a measurement.
+    """
+    if method not in ("full", "lora", "qlora"):
+        raise ValueError(f"method must be 'full', 'lora' or 'qlora', not {method!r}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}.")
+    assumptions: list[str] = []
+    if isinstance(config_or_n_params, int | float):
+        n_params = int(config_or_n_params)
+        preset = nearest_preset(n_params)
+        config = preset_config(preset)
+        assumptions.append(f"layer shapes (LoRA size, activations, 4-bit share) from {preset}")
+    else:
+        config = config_or_n_params
+        n_params = count_params_from_config(config)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = method == "qlora"  # the QLoRA recipe uses it; elsewhere off by default
+    opt_bytes = OPTIMIZERS[optimizer](dtype_bytes)
+
+    if method == "full":
+        trainable = n_params
+        weights = n_params * dtype_bytes
+        assumptions.append(f"all {n_params / 1e9:.2f}B weights trained, stored in {dtype_bytes} bytes each")
+    else:
+        trainable = estimate_lora_params(config, r, target_modules)
+        assumptions.append(f"LoRA r={r} on {', '.join(target_modules)}: {trainable:,d} trainable params")
+        if method == "lora":
+            weights = (n_params + trainable) * dtype_bytes
+            assumptions.append(f"frozen base in {dtype_bytes}-byte weights")
+        else:
+            quantized = min(_quantizable_params(config), n_params)
+            weights = quantized * NF4_BITS_PER_PARAM / 8 + (n_params - quantized + trainable) * dtype_bytes
+            assumptions.append(f"{quantized / 1e9:.2f}B linear-layer weights in NF4 with double quantisation "
+                               f"({NF4_BITS_PER_PARAM} bits each); embeddings, norms, adapters in "
+                               f"{dtype_bytes}-byte precision")
+    gradients = trainable * dtype_bytes
+    optimizer_b = trainable * opt_bytes
+    assumptions.append(f"optimizer {optimizer}: {opt_bytes} bytes per trainable param; gradients "
+                       f"{dtype_bytes} bytes per trainable param")
+    activations = _activation_bytes(config, batch_size, seq_len, dtype_bytes, gradient_checkpointing)
+    assumptions.append(
+        f"activations ROUGH: batch {batch_size} × {seq_len} tokens, "
+        + ("gradient checkpointing (one layer input kept per layer)" if gradient_checkpointing
+           else "no checkpointing, ~34·hidden bytes per token per layer (Korthikanti et al. 2022, "
+                "fused attention)")
+        + ", plus fp32 logits; CUDA context, fragmentation and framework overhead not included")
+    total = weights + gradients + optimizer_b + activations
+    return MemoryEstimate(method, n_params, trainable, weights / GB, gradients / GB, optimizer_b / GB,
+                          activations / GB, total / GB, assumptions)
+
+
+def _quantizable_params(config) -> int:
+    """Weights bitsandbytes turns into 4-bit: every projection in the decoder layers (not embeddings,
+    not lm_head, not norms)."""
+    per_layer = sum(i * o for shapes in projection_shapes(config).values() for i, o in shapes)
+    return per_layer * num_layers(config)
+
+
+def _activation_bytes(config, batch: int, seq: int, dtype_bytes: int, checkpointing: bool) -> float:
+    """A rough rule: per layer and token ~34·hidden bytes in 16-bit without recomputation (scaled to
+    dtype_bytes / 2), or just the layer input (hidden · dtype_bytes) with checkpointing plus one
+    layer's worth during its recomputation; fp32 logits over the vocabulary on top."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    layers = num_layers(config)
+    tokens = batch * seq
+    per_layer_full = tokens * hidden * 34 * dtype_bytes / 2
+    if checkpointing:
+        body = tokens * hidden * dtype_bytes * layers + per_layer_full
+    else:
+        body = per_layer_full * layers
+    return body + tokens * config.vocab_size * 4
+
+
+def weights_memory_table(n_params: float) -> list[dict]:
+    """Memory of the weights alone at each precision → rows {precision, bytes_per_param, gb}.
+
+    Just n × bytes: 70B → fp32 280 GB, fp16/bf16 140 GB, int8 70 GB, 4-bit 35 GB. Before
+    training pays for gradients, optimizer and activations, this decides whether a model even loads.
+    """
+    return [{"precision": name, "bytes_per_param": b, "gb": n_params * b / GB}
+            for name, b in (("fp32", 4), ("fp16/bf16", 2), ("int8", 1), ("4-bit", 0.5))]
+
+
+def measure_footprint_mb(model) -> float:
+    """What the loaded model's parameters and buffers really take, in MB (`get_memory_footprint`).
+
+    For a bitsandbytes 4-bit model this counts the packed 4-bit weights but not the small
+    quantisation constants (absmax), so it is ~3% below NF4's 4.127 bits per weight.
+    """
+    return model.get_memory_footprint() / 1e6
+
+
+def recommend_gpu(total_gb: float) -> str:
+    """The smallest common GPU whose memory holds `total_gb` (estimates leave no headroom)."""
+    for size, name in GPUS:
+        if total_gb <= size:
+            return name
+    n = int(-(-total_gb // 80))
+    return f"{n}× 80 GB (multi-GPU)"
+
+
+def hardware_table(presets: Sequence[str] = ("llama-3.2-3b", "llama-3-8b", "llama-2-13b", "llama-2-70b"),
+                   methods: Sequence[str] = ("full", "lora", "qlora"), **kwargs) -> list[dict]:
+    """Estimated total GB and the smallest GPU for each model size × method → rows of dicts.
+
+    Sizes stand for the course's buckets (1–3B, 7–8B, 13B, 70B) at their upper end; kwargs go to
+    `estimate_training_memory` (r, batch_size, seq_len, ...).
+    """
+    rows = []
+    for name in presets:
+        config = preset_config(name)
+        for method in methods:
+            est = estimate_training_memory(config, method, **kwargs)
+            rows.append({"model": name, "params_b": round(est.n_params / 1e9, 2), "method": method,
+                         "total_gb": round(est.total_gb, 1), "gpu": recommend_gpu(est.total_gb)})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Plain-text table of row dicts (same keys), for printing in a notebook."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [[str(k) for k in keys]] + [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}" if v >= 1 else f"{v:.3g}"
+    return str(v)
