@@ -83,3 +83,45 @@ def test_bitsandbytes_cpu_repacking_internals_that_labkit_guards():
     assert hasattr(F, "_convert_weight_packed_for_cpu_inverse"), "API drift: bitsandbytes repack inverse moved"
     layer = bnb.nn.Linear4bit(8, 8, quant_type="nf4")
     assert hasattr(layer, "support_avx512bf16_for_cpu"), "API drift: Linear4bit.support_avx512bf16_for_cpu moved"
+
+
+def test_sft_config_accepts_every_keyword_labkit_sets(monkeypatch):
+    from trl import SFTConfig
+
+    from labkit import train
+
+    assert_accepts(SFTConfig.__init__, train.sft_config_kwargs("out", device="cpu"), "trl.SFTConfig (CPU)")
+    # The T4 and bf16 GPU variants add their own keywords; check them without a GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability in ((7, 5), (8, 0)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_, c=capability: c)
+        kwargs = train.sft_config_kwargs("out", device="cuda", early_stopping_patience=2)
+        assert_accepts(SFTConfig.__init__, kwargs, f"trl.SFTConfig (CUDA {capability})")
+
+
+def test_sft_trainer_takes_processing_class_not_tokenizer():
+    from trl import SFTTrainer
+
+    assert_accepts(SFTTrainer.__init__, dict.fromkeys(
+        ["model", "args", "train_dataset", "eval_dataset", "processing_class", "callbacks"]), "trl.SFTTrainer")
+
+
+def test_trainer_callback_hooks_labkit_uses():
+    from transformers import TrainerCallback
+
+    for hook in ("on_pre_optimizer_step", "on_log", "on_evaluate", "on_step_end"):
+        assert hasattr(TrainerCallback, hook), f"API drift: TrainerCallback.{hook} is gone"
+
+
+def test_peft_keywords_labkit_passes():
+    import peft
+
+    from labkit.lora import lora_config
+
+    try:
+        lora_config(r=8, alpha=16, dropout=0.1, use_dora=True)
+    except TypeError as exc:
+        pytest.fail(f"API drift: peft.LoraConfig rejected labkit's arguments: {exc}")
+    assert_accepts(peft.prepare_model_for_kbit_training, {"model": None, "use_gradient_checkpointing": False},
+                   "peft.prepare_model_for_kbit_training")
+    assert hasattr(peft.PeftModel, "from_pretrained") and hasattr(peft.tuners.lora.LoraModel, "merge_and_unload")
