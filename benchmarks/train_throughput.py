@@ -1,0 +1,159 @@
+"""Training throughput: labkit's CPU defaults vs TRL's default SFTConfig; QLoRA vs LoRA memory.
+
+Part 1 (one process, back to back, same NF4 base, same LoRA adapters, same invoice records):
+  - "TRL defaults": SFTConfig with only the run length set (bf16 autocast + gradient
+    checkpointing, random batches);
+  - "labkit": SFTConfig(**labkit.train.sft_config_kwargs(...)) (fp32, no checkpointing,
+    length-grouped batches).
+  Tokens/s counts non-padding tokens over the time spent in training steps (first step excluded:
+  it pays one-off allocation costs). The runs alternate (labkit, TRL, labkit, TRL, ...) so a
+  machine shared with other jobs slows both alike; the best round of each is reported.
+  Target: labkit >= 1.3x TRL defaults.
+
+Part 2 (one fresh subprocess per mode, so one run's memory cannot hide in the other's): peak
+resident memory (Linux VmHWM, reset right before training) of a LoRA run on the fp32 base vs a
+QLoRA run on the NF4 base, same records and steps. Whole-process RSS: it includes Python, torch
+and the libraries (~the same in both), so the difference is the model, activations and states.
+
+Usage: python benchmarks/train_throughput.py [--records 64] [--rounds 2] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from labkit.train import ThroughputMeter  # noqa: E402
+
+LORA = {"r": 16, "alpha": 32}
+BATCH = 8
+LR = 2e-4
+
+
+class _Meter(ThroughputMeter):
+    """ThroughputMeter that skips the first step (one-off allocation costs)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.start_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step - self.start_step <= 1:
+            self._t0 = None
+            self._tokens0 = state.num_input_tokens_seen
+            return
+        super().on_step_end(args, state, control, **kwargs)
+
+
+def _run(model, tok, records, config_kwargs: dict) -> tuple[float, int]:
+    from trl import SFTConfig, SFTTrainer
+
+    from labkit.train import records_to_dataset
+
+    meter = _Meter()
+    trainer = SFTTrainer(model=model, args=SFTConfig(**config_kwargs), train_dataset=records_to_dataset(records),
+                         processing_class=tok, callbacks=[meter])
+    trainer.train()
+    if hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()  # TRL's run switches it on in the model; undo for the next run
+    return meter.tokens_per_sec, meter.tokens
+
+
+def throughput(n_records: int, rounds: int) -> None:
+    import torch
+
+    from labkit import env
+    from labkit.data import course_dataset
+    from labkit.lora import add_lora
+    from labkit.models import load_model
+    from labkit.train import _no_repacking, sft_config_kwargs
+
+    env.set_seed(0)
+    records = course_dataset("invoices", "train")[:n_records]
+    model, tok = load_model(quantization="nf4")
+    model = add_lora(model, **LORA)
+    print(f"{n_records} invoice records, 1 epoch, batch {BATCH}, NF4 base + LoRA r={LORA['r']}, "
+          f"torch threads {torch.get_num_threads()}")
+    common = dict(num_train_epochs=1, learning_rate=LR, per_device_train_batch_size=BATCH, report_to="none",
+                  disable_tqdm=True, include_num_input_tokens_seen="non_padding", save_strategy="no",
+                  seed=0, use_cpu=True)
+    results: dict[str, list[float]] = {"labkit": [], "TRL defaults": []}
+    with tempfile.TemporaryDirectory() as out, _no_repacking(model):
+        labkit_kw = sft_config_kwargs(out, device="cpu", epochs=1, learning_rate=LR, batch_size=BATCH,
+                                      has_val=False, progress=False, save_strategy="no", logging_steps=50)
+        trl_kw = dict(output_dir=out, **common)
+        for r in range(rounds):
+            for name, kw in (("labkit", labkit_kw), ("TRL defaults", trl_kw)):
+                tps, tokens = _run(model, tok, records, kw)
+                results[name].append(tps)
+                print(f"  round {r + 1} {name:<13} {tps:7.1f} tok/s  ({tokens} tokens timed)", flush=True)
+    best = {k: max(v) for k, v in results.items()}
+    ratio = best["labkit"] / best["TRL defaults"]
+    print(f"TRL default SFTConfig (bf16 autocast + gradient checkpointing): {best['TRL defaults']:.1f} tok/s")
+    print(f"labkit CPU defaults (fp32, no checkpointing, grouped by length): {best['labkit']:.1f} tok/s")
+    print(f"ratio labkit / TRL defaults: {ratio:.2f}x  (target >= 1.3x: {'met' if ratio >= 1.3 else 'NOT met'})")
+
+
+def memory_child(mode: str, n_records: int, steps: int) -> dict:
+    """Train `steps` steps in this (fresh) process → peak RSS numbers as a dict."""
+    from labkit import env
+    from labkit.data import course_dataset
+    from labkit.models import load_model
+    from labkit.train import _peak_rss_mb, _reset_peak_rss, train_sft
+
+    env.set_seed(0)
+    records = course_dataset("invoices", "train")[:n_records]
+    model, tok = load_model(quantization="nf4" if mode == "nf4" else None)
+    weights_mb = model.get_memory_footprint() / 2**20
+    _reset_peak_rss()
+    before = _peak_rss_mb()
+    h = train_sft(model, tok, records, lora=LORA, epochs=1, batch_size=BATCH, learning_rate=LR,
+                  plot=False, progress=False, max_steps=steps, save_strategy="no")
+    return {"mode": mode, "weights_mb": weights_mb, "rss_before_mb": before, "peak_mb": h.peak_memory_mb,
+            "tok_s": h.tokens_per_sec}
+
+
+def memory(n_records: int, steps: int) -> None:
+    rows = []
+    for mode in ("fp32", "nf4"):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--records", str(n_records),
+                              "--steps", str(steps)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"\nPeak memory, {steps} training steps each, fresh process per mode (VmHWM):")
+    print(f"{'mode':<12} {'weights MB':>10} {'RSS before':>10} {'peak RSS':>9} {'peak-before':>11}")
+    for r in rows:
+        name = "LoRA fp32" if r["mode"] == "fp32" else "QLoRA NF4"
+        print(f"{name:<12} {r['weights_mb']:10.0f} {r['rss_before_mb']:10.0f} {r['peak_mb']:9.0f} "
+              f"{r['peak_mb'] - r['rss_before_mb']:11.0f}")
+    print(f"QLoRA / LoRA peak RSS: {rows[1]['peak_mb'] / rows[0]['peak_mb']:.2f}; "
+          f"weights {rows[1]['weights_mb']:.0f} MB vs {rows[0]['weights_mb']:.0f} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-child", choices=["fp32", "nf4"])
+    args = ap.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.records, args.steps)))
+        return
+    t0 = time.perf_counter()
+    throughput(args.records, args.rounds)
+    if not args.skip_memory:
+        memory(args.records, args.steps)
+    print(f"\nbenchmark took {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The course task: invoice text → compact JSON of its line items, currency and total.
+
+Why this task: the answer is checkable (exact match on JSON), prompting alone cannot give the
+exact schema a downstream program expects (key names, ISO currency codes, numbers not strings),
+and a 135M model learns it from ~160 examples in two epochs. Every number the JSON needs is
+printed in the invoice, so the model learns *extraction and normalisation* (€ → "EUR",
+"3,49" → 3.49, layouts → one schema), never arithmetic.
+
+Records are short on purpose: on a CPU, tokens are the cost of training.
+`python -m labkit.invoices` writes labkit/datasets/invoices_{train,val,test}.jsonl; a test
+regenerates them and compares, so the shipped files cannot drift from this code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from labkit.data import to_record
+
+INSTRUCTION = "Extract the invoice as JSON."
+SEED = 1234
+SPLIT_SIZES = {"train": 256, "val": 32, "test": 64}
+DATASET_DIR = Path(__file__).resolve().parent / "datasets"
+
+PRODUCTS = [
+    "USB cable", "Mouse", "Keyboard", "Desk lamp", "Notebook", "Pen set", "Coffee mug", "Stapler",
+    "Monitor stand", "HDMI adapter", "Webcam", "Headphones", "Paper A4", "Ink cartridge", "Chair mat",
+    "Phone case", "Power bank", "Tape", "Marker", "Folder", "Calculator", "Backpack", "Water bottle",
+    "Router", "SD card", "Charger", "Speaker", "Printer paper", "Envelopes", "Scissors", "Whiteboard",
+    "Sticky notes", "Laptop sleeve", "Cable ties", "Batteries", "Desk fan", "Tea box", "Label tape",
+]
+
+# currency code → ways an invoice writes an amount (the model must map each back to the code)
+_FORMATS = {
+    "EUR": ["€{a}", "{a} EUR", "{c} €"],
+    "USD": ["${a}", "{a} USD", "US${a}"],
+    "GBP": ["£{a}", "{a} GBP"],
+    "CHF": ["CHF {a}", "{a} CHF"],
+}
+_HEADERS = ["Invoice #{n}", "INVOICE {n}", "Receipt {n}", "Order {n}", "", "", "", ""]
+_TOTAL_WORDS = ["Total", "TOTAL", "Total due", "Amount due"]
+
+
+def _cents_ok(cents: int) -> bool:
+    """Amounts whose last cent digit is not 0, so "3.49" in the text is 3.49 in the JSON as is
+    (json writes 3.5 for 3.50: a formatting quirk we keep out of the task)."""
+    return cents % 10 != 0
+
+
+def _amount(cents: int, fmt: str) -> str:
+    a = f"{cents // 100}.{cents % 100:02d}"
+    return fmt.format(a=a, c=a.replace(".", ","))
+
+
+def _layout(rng: random.Random, items: list[tuple[str, int, int]], fmt: str, total: int) -> str:
+    """One of five invoice layouts, with optional header; lines stay short to save tokens."""
+    style = rng.randrange(5)
+    word = rng.choice(_TOTAL_WORDS)
+    header = rng.choice(_HEADERS).format(n=rng.randint(10, 999))
+    if style == 0:
+        lines = [f"{q} x {p} @ {_amount(c, fmt)}" for p, q, c in items]
+    elif style == 1:
+        lines = [f"{p}  qty {q}  {_amount(c, fmt)}" for p, q, c in items]
+    elif style == 2:
+        lines = ["Item | Qty | Price"] + [f"{p} | {q} | {_amount(c, fmt)}" for p, q, c in items]
+    elif style == 3:
+        lines = [f"{p} (x{q}) ... {_amount(c, fmt)} each" for p, q, c in items]
+    else:
+        body = "; ".join(f"{q} {p} at {_amount(c, fmt)}" for p, q, c in items)
+        lines = [f"Bought {body}."]
+    lines.append(f"{word}: {_amount(total, fmt)}")
+    return "\n".join(([header] if header else []) + lines)
+
+
+def to_json(items: list[tuple[str, int, int]], currency: str, total: int) -> str:
+    """The target: compact JSON, keys in a fixed order, prices as numbers."""
+    data = {
+        "items": [{"name": p, "qty": q, "price": c / 100} for p, q, c in items],
+        "currency": currency,
+        "total": total / 100,
+    }
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def make_invoice(rng: random.Random) -> tuple[str, str]:
+    """One random invoice → (invoice text, target JSON)."""
+    while True:
+        n = rng.choices([1, 2, 3], weights=[5, 4, 1])[0]
+        names = rng.sample(PRODUCTS, n)
+        items = []
+        for name in names:
+            cents = rng.randint(50, 2999)
+            while not _cents_ok(cents):
+                cents = rng.randint(50, 2999)
+            items.append((name, rng.choices([1, 2, 3, 4, 5, 10], weights=[5, 4, 3, 2, 1, 1])[0], cents))
+        total = sum(q * c for _, q, c in items)
+        if _cents_ok(total):
+            break
+    currency = rng.choice(list(_FORMATS))
+    fmt = rng.choice(_FORMATS[currency])
+    return _layout(rng, items, fmt, total), to_json(items, currency, total)
+
+
+# Hand-written hard cases (in test only): layouts and details never generated for training.
+HARD_CASES: list[tuple[str, str]] = [
+    ("Receipt 77\n1 x Standing desk @ €349.99\nTotal: €349.99",
+     to_json([("Standing desk", 1, 34999)], "EUR", 34999)),
+    ("Bought 12 Pencil at 0.25 USD.\nTotal: 3.00 USD",
+     '{"items":[{"name":"Pencil","qty":12,"price":0.25}],"currency":"USD","total":3.0}'),
+    ("Item | Qty | Price\nTea box | 2 | 4,05 €\nTea box | 1 | 4,05 €\nTotal: 12,15 €",
+     to_json([("Tea box", 2, 405), ("Tea box", 1, 405)], "EUR", 1215)),
+    ("INVOICE 5\nWebcam  qty 1  CHF 59.95\nMouse  qty 3  CHF 9.99\nTotal due: CHF 89.92",
+     to_json([("Webcam", 1, 5995), ("Mouse", 3, 999)], "CHF", 8992)),
+]
+
+
+def make_records(seed: int = SEED, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """All splits, deterministic for a seed. Invoices are drawn once and deduplicated before
+    splitting, so no invoice text appears in two splits."""
+    sizes = sizes or SPLIT_SIZES
+    rng = random.Random(seed)
+    need = sum(sizes.values())
+    seen: set[str] = {text for text, _ in HARD_CASES}
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < need:
+        text, target = make_invoice(rng)
+        if text not in seen:
+            seen.add(text)
+            pairs.append((text, target))
+    out: dict[str, list[dict]] = {}
+    start = 0
+    for split, n in sizes.items():
+        out[split] = [to_record(INSTRUCTION, target, input=text) for text, target in pairs[start:start + n]]
+        start += n
+    # hard cases first, so every prefix of the test set (the CPU profile uses the first 32) has them
+    out["test"] = [to_record(INSTRUCTION, t, input=x) for x, t in HARD_CASES] + out.get("test", [])
+    return out
+
+
+def write_datasets(folder: Path = DATASET_DIR, seed: int = SEED) -> dict[str, Path]:
+    """Write invoices_{split}.jsonl (one JSON record per line) → {split: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, records in make_records(seed).items():
+        path = folder / f"invoices_{split}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        paths[split] = path
+    return paths
+
+
+if __name__ == "__main__":
+    for split, path in write_datasets().items():
+        n = sum(1 for _ in path.open(encoding="utf-8"))
+        print(f"{split}: {n} records -> {path}")

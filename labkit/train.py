@@ -1,0 +1,564 @@
+"""Supervised fine-tuning in one call: `train_sft(model, tokenizer, train, val)` → a `History`.
+
+A thin layer over TRL's `SFTTrainer`. What labkit adds, and why:
+- device-aware defaults (`sft_config_kwargs`): fp32 without gradient checkpointing on a CPU (TRL's
+  defaults, bf16 autocast + checkpointing, are slower there), bf16 on Ampere+, fp16 + gradient
+  checkpointing + a paged 8-bit optimizer on a T4; every value can be overridden;
+- loss on the completion only (the prompt is masked), with EOS appended by TRL, so the model
+  learns to answer and then stop;
+- validation loss before training (epoch 0) and after every epoch, checkpoints per epoch,
+  `resume=True`, optional early stopping that restores the best checkpoint;
+- a live train/val loss plot in a notebook;
+- two guards against a fine-tune that silently learns nothing: the bitsandbytes CPU repacking
+  trap (below) and a first-step gradient check that fails loudly.
+
+The repacking trap: on CPUs with AVX512-BF16, bitsandbytes repacks an NF4 weight into an
+inference-only layout the first time the layer runs in eval mode without gradients (any
+`generate()`, and the Trainer's own evaluation loop). Matmuls on a repacked weight do not pass
+gradients back, so LoRA layers below it never learn and the loss stays flat. `train_sft` unpacks
+every repacked layer before training and switches repacking off until it returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from labkit import env
+
+__all__ = [
+    "History", "train_sft", "sft_config_kwargs", "find_overfitting_epoch", "records_to_dataset",
+    "check_records", "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
+]
+
+_VAL0_FILE = "labkit_val0.json"
+
+
+def _checkpointing_key() -> str:
+    """transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (old name warns)."""
+    from transformers import TrainingArguments
+
+    return ("activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
+            else "gradient_checkpointing")
+
+
+# ------------------------------------------------------------------------------------------------
+# History
+
+
+@dataclass
+class History:
+    """What a training run did, as plain numbers a notebook can print, plot and assert on.
+
+    val_loss[0] is the loss before training, val_loss[k] after epoch k; best_epoch indexes it
+    (the epoch whose checkpoint had the lowest validation loss; None without a val set).
+    """
+
+    train_loss: list[float] = field(default_factory=list)  # per logged step
+    train_epochs: list[float] = field(default_factory=list)  # fractional epoch of each logged step
+    epoch_train_loss: list[float] = field(default_factory=list)  # mean train loss of each epoch
+    val_loss: list[float] = field(default_factory=list)
+    tokens_per_sec: float = 0.0  # non-padding tokens per second of training steps
+    peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
+    wall_seconds: float = 0.0
+    best_epoch: int | None = None
+    steps: int = 0
+    output_dir: str = ""
+    model: Any = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        """One line per epoch: train loss, val loss; marks the best epoch."""
+        lines = [f"{'epoch':>5} {'train loss':>10} {'val loss':>9}"]
+        n = max(len(self.epoch_train_loss) + 1, len(self.val_loss))
+        for e in range(n):
+            tr = f"{self.epoch_train_loss[e - 1]:10.4f}" if 0 < e <= len(self.epoch_train_loss) else f"{'-':>10}"
+            va = f"{self.val_loss[e]:9.4f}" if e < len(self.val_loss) else f"{'-':>9}"
+            mark = "  <- best" if e == self.best_epoch else ""
+            lines.append(f"{e:>5} {tr} {va}{mark}")
+        lines.append(f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
+                     f"peak {self.peak_memory_mb:.0f} MB")
+        return "\n".join(lines)
+
+
+def find_overfitting_epoch(history: History) -> int | None:
+    """The first epoch after which validation loss rises while training loss keeps falling → the
+    epoch to stop at (the last good one); None if that never happens.
+
+    That divergence is the signature of overfitting: the model memorises the training records
+    at the expense of records it has not seen.
+    """
+    val, tr = history.val_loss, history.epoch_train_loss
+    for e in range(1, len(val) - 1):
+        if e >= len(tr):
+            break
+        if val[e + 1] > val[e] and tr[e] < tr[e - 1]:
+            return e
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Records
+
+
+def check_records(records: Sequence[dict], name: str = "train") -> None:
+    """Raise ValueError naming the record index and field if a record cannot be trained on."""
+    if records is None or len(records) == 0:
+        raise ValueError(f"The {name} set is empty: there is nothing to learn from. Pass a list of "
+                         "{'prompt': ..., 'completion': ...} records, e.g. labkit.data.course_dataset('invoices', 'train').")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{name} record {i} is a {type(rec).__name__}, not a dict with 'prompt' and 'completion'.")
+        for key in ("prompt", "completion"):
+            if key not in rec:
+                raise ValueError(f"{name} record {i} has no {key!r} field (it has {sorted(rec)}). Build records "
+                                 "with labkit.data.to_record(instruction, response, input=...).")
+            if not isinstance(rec[key], str) or not rec[key].strip():
+                raise ValueError(f"{name} record {i}: field {key!r} is empty or not text ({rec[key]!r}).")
+
+
+def records_to_dataset(records: Sequence[dict]):
+    """Records → a datasets.Dataset of prompt/completion (other keys such as 'meta' are dropped)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: float = 2,
+                      learning_rate: float = 2e-4, batch_size: int = 8, max_length: int = 256,
+                      has_val: bool = True, early_stopping_patience: int | None = None,
+                      max_grad_norm: float = 1.0, warmup_ratio: float = 0.1, lr_scheduler: str = "cosine",
+                      weight_decay: float = 0.0, gradient_accumulation_steps: int = 1, seed: int = 0,
+                      progress: bool = True, **overrides) -> dict:
+    """Every SFTConfig keyword labkit sets, in one place → a dict (`SFTConfig(**kwargs)`).
+
+    Device defaults: CPU → fp32, no gradient (activation) checkpointing, length-grouped batches;
+    CUDA with bf16 → bf16; CUDA without bf16 (T4) → fp16, gradient checkpointing, paged 8-bit AdamW.
+    `overrides` win over everything (any SFTConfig field).
+    """
+    dev = device or env.device()
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        max_grad_norm=max_grad_norm,
+        warmup_steps=warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=lr_scheduler,
+        weight_decay=weight_decay,
+        seed=seed,
+        data_seed=seed,
+        max_length=max_length,
+        completion_only_loss=True,  # loss on the answer only; TRL appends EOS to the completion
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_first_step=True,
+        save_strategy="epoch",
+        save_total_limit=2,
+        eval_strategy="epoch" if has_val else "no",
+        report_to="none",
+        disable_tqdm=not progress,
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length",  # batches of similar length: less padding
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+    )
+    gc = _checkpointing_key()
+    kw[gc] = False
+    if has_val:
+        kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
+    if early_stopping_patience is not None:
+        if not has_val:
+            raise ValueError("early_stopping_patience needs a validation set: pass val=... records.")
+        kw["load_best_model_at_end"] = True
+    if dev == "cpu":
+        kw["use_cpu"] = True
+    elif dev == "cuda":
+        if env.cuda_supports_bf16():
+            kw["bf16"] = True
+        else:  # T4: no bf16; fp16 mixed precision, and trade compute for memory
+            kw.update({"fp16": True, gc: True, "optim": "paged_adamw_8bit"})
+    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):  # accept either spelling
+        if old in overrides and gc != old:
+            overrides[old.replace("gradient", "activation")] = overrides.pop(old)
+    kw.update(overrides)
+    if kw[gc] and f"{gc}_kwargs" not in kw:
+        kw[f"{gc}_kwargs"] = {"use_reentrant": False}  # the variant that works with frozen inputs (LoRA)
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------
+# The bitsandbytes CPU repacking trap
+
+
+def _linear4bit_modules(model) -> list[tuple[str, torch.nn.Module]]:
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # noqa: BLE001 - no bitsandbytes, no 4-bit layers
+        return []
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def packed_nf4_layers(model) -> list[str]:
+    """Names of 4-bit layers whose weight is in bitsandbytes' inference-only CPU layout."""
+    return [n for n, m in _linear4bit_modules(model)
+            if getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)]
+
+
+def unpack_nf4_for_training(model) -> int:
+    """Undo CPU repacking on every 4-bit layer → how many were unpacked.
+
+    The packing rounded each block's scale to bf16, so the unpacked weights match the originals
+    to within that rounding (< 1%), not bit for bit.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    n = 0
+    for _, m in _linear4bit_modules(model):
+        qs = getattr(m.weight, "quant_state", None)
+        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
+            m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
+            n += 1
+    return n
+
+
+@contextmanager
+def _no_repacking(model):
+    """Unpack 4-bit weights and keep bitsandbytes from repacking them (the eval loop would) until exit."""
+    layers = _linear4bit_modules(model)
+    saved = [(m, m.__dict__.get("support_avx512bf16_for_cpu")) for _, m in layers]
+    unpack_nf4_for_training(model)
+    for _, m in layers:
+        m.support_avx512bf16_for_cpu = False
+    try:
+        yield
+    finally:
+        for m, old in saved:
+            if old is None:
+                m.__dict__.pop("support_avx512bf16_for_cpu", None)
+            else:
+                m.support_avx512bf16_for_cpu = old
+
+
+# ------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class GradientCheck(TrainerCallback):
+    """At the first optimizer step of a run, check that gradients reach what should learn.
+
+    LoRA: every lora_B has a finite, non-zero gradient (lora_A's is legitimately zero at step 1,
+    because B starts at zero). Full fine-tuning: every trainable parameter. Also: no 4-bit layer
+    is in the packed inference layout. Otherwise raise RuntimeError naming the layers.
+    """
+
+    def __init__(self, allow_nonfinite: bool = False):
+        self.done = False
+        self.allow_nonfinite = allow_nonfinite  # fp16 loss scaling may skip a first overflowing step
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.done or model is None:
+            return
+        self.done = True
+        check_first_step_gradients(model, allow_nonfinite=self.allow_nonfinite)
+
+
+def check_first_step_gradients(model, allow_nonfinite: bool = False) -> None:
+    """Raise RuntimeError if a layer that should learn got no usable gradient (see GradientCheck)."""
+    packed = packed_nf4_layers(model)
+    if packed:
+        raise RuntimeError(
+            f"{len(packed)} 4-bit layers are in bitsandbytes' inference-only CPU layout during training "
+            f"(e.g. {packed[0]}): gradients do not flow through them, so the model would not learn. This is "
+            "the CPU repacking trap: a generate() or eval pass in no-grad mode repacked them. Train with "
+            "labkit.train.train_sft (it unpacks them), or call labkit.train.unpack_nf4_for_training(model)."
+        )
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lora_b = [(n, p) for n, p in params if "lora_B" in n]
+    watched = lora_b or params
+    bad = []
+    for n, p in watched:
+        g = p.grad
+        if g is None:
+            bad.append((n, "no gradient (None)"))
+        elif not allow_nonfinite and not torch.isfinite(g).all():
+            bad.append((n, "gradient is NaN/inf"))
+        elif not g.any():
+            bad.append((n, "gradient is exactly zero"))
+    if bad:
+        names = "\n".join(f"  {n}: {why}" for n, why in bad[:8])
+        more = f"\n  ... and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise RuntimeError(
+            f"First training step: {len(bad)} of {len(watched)} {'lora_B' if lora_b else 'trainable'} parameters "
+            f"got no usable gradient:\n{names}{more}\nTraining would run but these layers would not learn. "
+            "Usual causes: parameters frozen by mistake (requires_grad=False, or a hook that detaches), a 4-bit "
+            "layer in the packed CPU layout (the repacking trap: call labkit.train.unpack_nf4_for_training), "
+            "or a NaN in the data or learning rate. Check the model with labkit.lora.count_parameters(model)."
+        )
+
+
+class ThroughputMeter(TrainerCallback):
+    """Time spent in training steps and non-padding tokens seen → tokens/s (evaluation excluded)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._t0: float | None = None
+        self._tokens0: int | None = None
+        self.tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._tokens0 = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self.seconds += time.perf_counter() - self._t0
+            self._t0 = None
+        self.tokens = state.num_input_tokens_seen - (self._tokens0 or 0)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _LivePlotCallback(TrainerCallback):
+    """Feeds logged losses to a LiveLossPlot as they arrive."""
+
+    def __init__(self, plot, val0: float | None):
+        self.plot = plot
+        self.val0 = val0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        h = history_from_log(state.log_history, self.val0)
+        self.plot.update(h)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the history
+
+
+def history_from_log(log_history: list[dict], val0: float | None) -> History:
+    """Trainer's log_history (+ the pre-training val loss) → History (losses only)."""
+    h = History()
+    per_epoch: dict[int, list[float]] = {}
+    evals: list[float] = []
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            h.train_loss.append(float(entry["loss"]))
+            ep = float(entry["epoch"])
+            h.train_epochs.append(ep)
+            per_epoch.setdefault(max(0, math.ceil(ep - 1e-9) - 1), []).append(float(entry["loss"]))
+        elif "eval_loss" in entry:
+            evals.append(float(entry["eval_loss"]))
+    h.epoch_train_loss = [sum(v) / len(v) for _, v in sorted(per_epoch.items())]
+    h.val_loss = ([val0] if val0 is not None else []) + evals
+    if len(h.val_loss) > 1:
+        h.best_epoch = min(range(1, len(h.val_loss)), key=lambda e: h.val_loss[e])
+    return h
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# train_sft
+
+
+def _attach_lora(model, lora):
+    """lora: None (train as is), a dict of labkit.lora.add_lora keywords, or a peft LoraConfig."""
+    if lora is None:
+        return model
+    if isinstance(lora, dict):
+        from labkit.lora import add_lora
+
+        return add_lora(model, **lora)
+    from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if not isinstance(lora, PeftConfig):
+        raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
+                        f"not {type(lora).__name__}.")
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=env.device() == "cuda")
+    return get_peft_model(model, lora)
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _last_checkpoint(output_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(output_dir))
+    return Path(last) if last else None
+
+
+def _oom_message(exc: BaseException, batch_size: int, max_length: int) -> str:
+    return (f"Out of GPU memory while training ({str(exc).splitlines()[0][:120]}). Knobs to turn, cheapest first: "
+            f"batch_size (now {batch_size}: halve it and set gradient_accumulation_steps=2 to keep the effective "
+            f"batch), max_length (now {max_length}: shorter records), gradient_checkpointing=True, load the base "
+            "in 4-bit (quantization='nf4'), or a smaller model. Restart the runtime to free the memory first.")
+
+
+def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | None = None, *,
+              lora=None, epochs: float = 2, learning_rate: float = 2e-4, batch_size: int | None = None,
+              max_length: int = 256, output_dir: str | os.PathLike | None = None, resume: bool = False,
+              early_stopping_patience: int | None = None, max_grad_norm: float = 1.0,
+              warmup_ratio: float = 0.1, lr_scheduler: str = "cosine", weight_decay: float = 0.0,
+              gradient_accumulation_steps: int = 1, seed: int = 0, plot: bool = True, progress: bool = True,
+              callbacks: Sequence[TrainerCallback] = (), **overrides) -> History:
+    """Fine-tune `model` on prompt/completion records → History (with `.model`, the trained model).
+
+    lora: None trains the model as given (its adapters if it already is a PeftModel, else every
+    weight: full fine-tuning); a dict is passed to labkit.lora.add_lora; a peft LoraConfig is
+    applied with get_peft_model. batch_size defaults to the course profile's. Validation loss is
+    measured before training and after each epoch; checkpoints go to output_dir (default: a fresh
+    temporary folder); resume=True continues from its last checkpoint. Any SFTConfig field can be
+    overridden by keyword (e.g. gradient_checkpointing=True).
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    check_records(train, "train")
+    if val is not None and len(val) > 0:
+        check_records(val, "val")
+        if len(val) > len(train):
+            raise ValueError(f"The val set ({len(val)} records) is larger than the train set ({len(train)}). "
+                             "Swapped arguments? Validation needs only a few records; put most of them in train.")
+    else:
+        val = None
+    batch_size = batch_size or env.course_profile().batch_size
+    if batch_size > len(train):
+        raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(train)} records), so "
+                         f"one batch would be the whole set. Pass batch_size={max(1, len(train) // 4)} or fewer, "
+                         "or add records.")
+    if resume and output_dir is None:
+        raise ValueError("resume=True needs the output_dir of the run to continue.")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token; load it with labkit.models.load_model().")
+
+    env.set_seed(seed)
+    model = _attach_lora(model, lora)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("The model has no trainable parameters (all requires_grad=False). Pass lora={...} "
+                         "to add adapters, or unfreeze the weights you mean to train.")
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-train-"))
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = _last_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        print(f"resume=True but {out} has no checkpoint yet: starting from the beginning.")
+    dev = env.device()
+    kwargs = sft_config_kwargs(
+        str(out), device=dev, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        max_length=max_length, has_val=val is not None, early_stopping_patience=early_stopping_patience,
+        max_grad_norm=max_grad_norm, warmup_ratio=warmup_ratio, lr_scheduler=lr_scheduler,
+        weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps, seed=seed,
+        progress=progress, **overrides)
+    config = SFTConfig(**kwargs)
+
+    meter = ThroughputMeter()
+    cbs: list[TrainerCallback] = [GradientCheck(allow_nonfinite=bool(kwargs.get("fp16"))), meter, *callbacks]
+    if early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()
+    live = None
+    with _no_repacking(model):
+        trainer = SFTTrainer(model=model, args=config, train_dataset=records_to_dataset(train),
+                             eval_dataset=records_to_dataset(val) if val is not None else None,
+                             processing_class=tokenizer, callbacks=cbs)
+        if not progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # progress=False means quiet
+        val0 = _pre_training_val_loss(trainer, out, checkpoint) if val is not None else None
+        if plot:
+            from labkit.plots import LiveLossPlot
+
+            live = LiveLossPlot()
+            live.update(History(val_loss=[val0] if val0 is not None else []))
+            trainer.add_callback(_LivePlotCallback(live, val0))
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except torch.OutOfMemoryError as exc:
+            raise RuntimeError(_oom_message(exc, batch_size, max_length)) from exc
+
+    h = history_from_log(trainer.state.log_history, val0)
+    h.tokens_per_sec = meter.tokens_per_sec
+    h.peak_memory_mb = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb())
+    h.wall_seconds = time.perf_counter() - start
+    h.steps = trainer.state.global_step
+    h.output_dir = str(out)
+    h.model = trainer.model
+    h.model.eval()
+    if live is not None:
+        live.update(h, final=True)
+    return h
+
+
+def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float:
+    """Epoch-0 validation loss; stored in output_dir so a resumed run reports the same one."""
+    path = out / _VAL0_FILE
+    if checkpoint is not None and path.is_file():
+        return float(json.loads(path.read_text())["val_loss"])
+    metrics = trainer.evaluate()
+    trainer.state.log_history.clear()  # train() starts a fresh log; keep epoch 0 separately
+    path.write_text(json.dumps({"val_loss": metrics["eval_loss"]}))
+    return float(metrics["eval_loss"])

@@ -1,0 +1,340 @@
+"""labkit.train: config per device, clear errors, History, the gradient check, resume, the NF4 trap."""
+
+import inspect
+
+import pytest
+import torch
+
+from labkit import env
+from labkit import train as T
+from labkit.train import History, find_overfitting_epoch, sft_config_kwargs, train_sft
+
+GC = T._checkpointing_key()  # "activation_checkpointing" (transformers >= 5.2x) or "gradient_checkpointing"
+
+
+def _records(n: int, offset: int = 0) -> list[dict]:
+    from labkit.data import to_record
+
+    return [to_record("Add the numbers.", f"{i + offset} plus one is {i + offset + 1}", input=f"{i + offset} + 1")
+            for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Config per device (no trainer is built on CUDA: only the kwargs are checked)
+
+
+def test_config_kwargs_exist_in_sftconfig():
+    """Drift guard: every keyword labkit passes is a field of the installed SFTConfig."""
+    from trl import SFTConfig
+
+    accepted = set(inspect.signature(SFTConfig).parameters)
+    for dev in ("cpu", "cuda", "mps"):
+        kw = sft_config_kwargs("out", device=dev, early_stopping_patience=1)
+        unknown = set(kw) - accepted
+        assert not unknown, f"SFTConfig no longer accepts {unknown}"
+
+
+def test_cpu_defaults_build_a_config(tmp_path):
+    from trl import SFTConfig
+
+    kw = sft_config_kwargs(str(tmp_path), device="cpu")
+    assert kw["use_cpu"] and not kw["bf16"] and not kw["fp16"] and not kw[GC]
+    assert kw["completion_only_loss"] is True
+    cfg = SFTConfig(**kw)
+    assert cfg.bf16 is False and getattr(cfg, GC) is False  # TRL's own defaults are True
+
+
+def test_cuda_bf16_defaults(monkeypatch):
+    monkeypatch.setattr(env, "cuda_supports_bf16", lambda: True)
+    kw = sft_config_kwargs("out", device="cuda")
+    assert kw["bf16"] is True and kw["fp16"] is False
+    assert kw[GC] is False and "use_cpu" not in kw
+
+
+def test_t4_defaults(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert env.device() == "cuda" and not env.cuda_supports_bf16()
+    kw = sft_config_kwargs("out")
+    assert kw["fp16"] is True and kw["bf16"] is False
+    assert kw[GC] is True and kw["optim"] == "paged_adamw_8bit"
+    assert kw[f"{GC}_kwargs"] == {"use_reentrant": False}
+
+
+def test_overrides_win():
+    kw = sft_config_kwargs("out", device="cpu", gradient_checkpointing=True, optim="adafactor", bf16=True)
+    assert kw[GC] is True and kw["optim"] == "adafactor" and kw["bf16"] is True
+
+
+def test_early_stopping_sets_best_model_restore():
+    kw = sft_config_kwargs("out", device="cpu", early_stopping_patience=2)
+    assert kw["load_best_model_at_end"] and kw["metric_for_best_model"] == "eval_loss"
+    assert kw["save_strategy"] == kw["eval_strategy"] == "epoch"
+    with pytest.raises(ValueError, match="validation set"):
+        sft_config_kwargs("out", device="cpu", has_val=False, early_stopping_patience=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Clear errors (raised before any trainer is built)
+
+
+def test_empty_train_set(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="train set is empty"):
+        train_sft(model, tok, [], plot=False)
+
+
+def test_missing_field_names_record_and_field(tiny):
+    model, tok = tiny
+    bad = _records(4)
+    del bad[2]["completion"]
+    with pytest.raises(ValueError, match=r"train record 2 has no 'completion' field"):
+        train_sft(model, tok, bad, plot=False)
+    bad = _records(4)
+    bad[1]["prompt"] = "  "
+    with pytest.raises(ValueError, match=r"train record 1: field 'prompt' is empty"):
+        train_sft(model, tok, bad, plot=False)
+
+
+def test_val_larger_than_train(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"val set \(8 records\) is larger than the train set \(4\)"):
+        train_sft(model, tok, _records(4), _records(8, 100), batch_size=2, plot=False)
+
+
+def test_batch_larger_than_data(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="batch_size=16 is larger than the train set"):
+        train_sft(model, tok, _records(4), batch_size=16, plot=False)
+
+
+def test_no_trainable_parameters(tiny):
+    model, tok = tiny
+    frozen = T._attach_lora(model, None)
+    flags = [p.requires_grad for p in frozen.parameters()]
+    try:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        with pytest.raises(ValueError, match="no trainable parameters"):
+            train_sft(frozen, tok, _records(4), batch_size=2, plot=False)
+    finally:
+        for p, f in zip(frozen.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+
+
+# ------------------------------------------------------------------------------------------------
+# History and overfitting
+
+
+def test_find_overfitting_epoch():
+    overfit = History(epoch_train_loss=[1.0, 0.6, 0.3, 0.1], val_loss=[1.2, 0.9, 0.8, 0.95, 1.1])
+    assert find_overfitting_epoch(overfit) == 2
+    healthy = History(epoch_train_loss=[1.0, 0.6, 0.4], val_loss=[1.2, 0.9, 0.7, 0.6])
+    assert find_overfitting_epoch(healthy) is None
+    # val rises but train rises too: not the overfitting signature (e.g. LR too high)
+    unstable = History(epoch_train_loss=[1.0, 1.2, 1.5], val_loss=[1.2, 1.0, 1.3, 1.6])
+    assert find_overfitting_epoch(unstable) is None
+    assert find_overfitting_epoch(History()) is None
+
+
+def test_history_from_log():
+    log = [{"loss": 2.0, "epoch": 0.5, "step": 1}, {"loss": 1.0, "epoch": 1.0, "step": 2},
+           {"eval_loss": 1.5, "epoch": 1.0, "step": 2}, {"loss": 0.8, "epoch": 1.5, "step": 3},
+           {"loss": 0.6, "epoch": 2.0, "step": 4}, {"eval_loss": 1.6, "epoch": 2.0, "step": 4},
+           {"train_runtime": 1.0, "train_loss": 1.1, "epoch": 2.0, "step": 4}]
+    h = T.history_from_log(log, val0=3.0)
+    assert h.train_loss == [2.0, 1.0, 0.8, 0.6]
+    assert h.epoch_train_loss == [1.5, 0.7]
+    assert h.val_loss == [3.0, 1.5, 1.6]
+    assert h.best_epoch == 1
+    assert "<- best" in h.summary().splitlines()[2]
+
+
+def test_plot_losses_draws_each_history():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit.plots import plot_losses
+
+    h = History(train_loss=[2, 1.5, 1.0], train_epochs=[0.5, 1, 1.5], val_loss=[2.2, 1.4, 1.2], best_epoch=2)
+    ax = plot_losses(h)
+    assert len(ax.lines) == 3  # train, val, best-epoch star
+    ax = plot_losses([h, h], labels=["a", "b"])
+    assert len(ax.lines) == 6 and "a: validation" in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="labels"):
+        plot_losses([h, h], labels=["a"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenisation: completion-only labels, EOS learned
+
+
+def test_prompt_masked_and_eos_is_last_label(tiny, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = tiny
+    recs = _records(4)
+    cfg = SFTConfig(**sft_config_kwargs(str(tmp_path), device="cpu", batch_size=2, has_val=False))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=T.records_to_dataset(recs), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for row, rec in zip(batch["labels"], recs[:2], strict=True):
+        learned = row[row != -100].tolist()
+        assert learned[-1] == tok.eos_token_id
+        assert tok.decode(learned[:-1]).strip() == rec["completion"]
+        n_prompt = len(tok(rec["prompt"])["input_ids"])
+        assert (row[:n_prompt] == -100).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The gradient check fails loudly
+
+
+def test_gradient_check_fires_on_detached_lora_layer(tiny, tmp_path):
+    from labkit.lora import add_lora
+
+    model, tok = tiny
+    peft_model = add_lora(_fresh_tiny(), r=4)
+    target = next(m for n, m in peft_model.named_modules() if n.endswith("layers.0.self_attn.q_proj.lora_B.default"))
+    hook = target.register_forward_hook(lambda mod, inp, out: out.detach())  # cuts this adapter's gradient
+    try:
+        with pytest.raises(RuntimeError, match=r"layers\.0\.self_attn\.q_proj\.lora_B.*no gradient"):
+            train_sft(peft_model, tok, _records(8), batch_size=4, epochs=1, plot=False, progress=False,
+                      output_dir=tmp_path)
+    finally:
+        hook.remove()
+
+
+def test_gradient_check_fires_on_packed_nf4_layer():
+    bnb = pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4"))
+    net = net.to("cpu")
+    x = torch.randn(3, 64)
+    before = net(x).detach()
+    layer = net[0]
+    if not T.packed_nf4_layers(net):  # pack by hand when this CPU would not (no AVX512-BF16)
+        layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(layer.weight.data,
+                                                                                     layer.weight.quant_state)
+    assert T.packed_nf4_layers(net) == ["0"]
+    with pytest.raises(RuntimeError, match="repacking trap"):
+        T.check_first_step_gradients(net)
+    assert T.unpack_nf4_for_training(net) == 1 and T.packed_nf4_layers(net) == []
+    # packing rounds the block scales to bf16, so the unpacked layer is close, not bit-identical
+    torch.testing.assert_close(net(x), before, rtol=2e-2, atol=2e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# A real (tiny) run, interrupted and resumed
+
+
+def _fresh_tiny():
+    from labkit.models import tiny_model
+
+    return tiny_model(seed=0)[0]
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter(T.TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"simulated crash after step {self.step}")
+
+
+def _lora_state(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_interrupted_run_resumes_to_same_adapter(tiny, tmp_path):
+    _, tok = tiny
+    train, val = _records(8), _records(2, 100)
+    kw = dict(lora={"r": 4, "alpha": 8}, epochs=2, batch_size=4, learning_rate=1e-3, max_length=64,
+              plot=False, progress=False, seed=0)
+    full = train_sft(_fresh_tiny(), tok, train, val, output_dir=tmp_path / "full", **kw)
+    assert full.steps == 4 and len(full.val_loss) == 3 and full.tokens_per_sec > 0
+    assert len(full.train_loss) == 4 and len(full.epoch_train_loss) == 2
+    assert (tmp_path / "full" / "checkpoint-2").is_dir() and (tmp_path / "full" / "checkpoint-4").is_dir()
+
+    with pytest.raises(_Crash):
+        train_sft(_fresh_tiny(), tok, train, val, output_dir=tmp_path / "run", callbacks=[_CrashAfter(3)], **kw)
+    resumed = train_sft(_fresh_tiny(), tok, train, val, output_dir=tmp_path / "run", resume=True, **kw)
+    assert resumed.steps == 4
+    a, b = _lora_state(full.model), _lora_state(resumed.model)
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert resumed.val_loss == pytest.approx(full.val_loss, abs=1e-4)
+    assert resumed.train_loss == pytest.approx(full.train_loss, abs=1e-4)
+
+
+def test_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
+    from trl import SFTTrainer
+
+    _, tok = tiny
+
+    def boom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "train", boom)
+    with pytest.raises(RuntimeError, match=r"batch_size \(now 2.*max_length.*gradient_checkpointing.*smaller model"):
+        train_sft(_fresh_tiny(), tok, _records(4), lora={"r": 4}, batch_size=2, plot=False, progress=False,
+                  output_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Slow: the real NF4 model after generate() (the repacking trap) still learns
+
+
+@pytest.mark.slow
+def test_nf4_trap_guard_after_generate_learns(tmp_path):
+    from labkit.data import course_dataset
+    from labkit.evaluate import generate
+    from labkit.models import load_model
+
+    env.set_seed(0)
+    model, tok = load_model(quantization="nf4")
+    test = course_dataset("invoices", "test")[:2]
+    generate(model, tok, [r["prompt"] for r in test], max_new_tokens=4, progress=False)
+    packed_before = T.packed_nf4_layers(model)  # non-empty on AVX512-BF16 CPUs: the trap is armed
+    h = train_sft(model, tok, course_dataset("invoices", "train")[:64], course_dataset("invoices", "val")[:4],
+                  lora={"r": 16, "alpha": 32}, epochs=1, batch_size=8, learning_rate=1e-3,
+                  plot=False, progress=False, output_dir=tmp_path)
+    assert T.packed_nf4_layers(h.model) == []
+    assert h.val_loss[-1] < 0.7 * h.val_loss[0], h.val_loss
+    layers = T._linear4bit_modules(h.model)
+    assert layers and all("support_avx512bf16_for_cpu" not in m.__dict__ for _, m in layers)
+    print(f"packed by generate(): {len(packed_before)} layers; val loss {h.val_loss}")
+
+
+@pytest.mark.slow
+def test_packed_nf4_blocks_lora_gradients():
+    """Reproduces the trap: after generate(), lora_B below the packed layers gets no gradient."""
+    from labkit.data import course_dataset
+    from labkit.evaluate import generate
+    from labkit.lora import add_lora
+    from labkit.models import load_model
+
+    model, tok = load_model(quantization="nf4")
+    rec = course_dataset("invoices", "train")[0]
+    generate(model, tok, [rec["prompt"]], max_new_tokens=2, progress=False)
+    if not T.packed_nf4_layers(model):
+        pytest.skip("this CPU does not repack NF4 weights (no AVX512-BF16)")
+    peft_model = add_lora(model, r=4)
+    peft_model.train()
+    batch = tok([rec["prompt"] + rec["completion"]], return_tensors="pt")
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    blocked = [n for n, p in peft_model.named_parameters() if "lora_B" in n and (p.grad is None or not p.grad.any())]
+    assert blocked, "with packed weights, the q/k/v adapters should get no gradient (the trap)"
+    with pytest.raises(RuntimeError, match="repacking trap"):
+        T.check_first_step_gradients(peft_model)
+    T.unpack_nf4_for_training(peft_model)
+    peft_model.zero_grad()
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    T.check_first_step_gradients(peft_model)  # every lora_B has a gradient again
