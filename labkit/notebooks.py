@@ -165,6 +165,9 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
                 out.append(f"{rel}: cell {i} has an execution count")
             if cell.outputs and not is_checked(cell):
                 out.append(f"{rel}: cell {i} stores outputs but is not marked {CHECK_MARKER}")
+            if cell.outputs and is_checked(cell) and cell.execution_count != i:
+                out.append(f"{rel}: checked cell {i} stores outputs without its execution count "
+                           "(nbval fails it as an unrun reference cell)")
         text = cell.source + "".join(str(o) for o in cell.get("outputs", []))
         if _SECRET.search(text):
             out.append(f"{rel}: cell {i} contains something that looks like a secret token")

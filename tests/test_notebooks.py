@@ -50,6 +50,24 @@ def test_policy_catches_what_it_claims(tmp_path):
     assert nbs.problems(path, root=root) == []
 
 
+def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "pyproject.toml").write_text((nbs.ROOT / "pyproject.toml").read_text())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell(f"{nbs.CHECK_MARKER}\nprint(1)")]
+    nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(tmp_path))
+    nbs.clean(nb)
+    checked = nb.cells[2]
+    checked.outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    checked.execution_count = None
+    path = tmp_path / "lessons" / "t.ipynb"
+    nbs.write(nb, path)
+    assert any("unrun reference cell" in p for p in nbs.problems(path, root=tmp_path))
+    nbs.clean(nb)
+    nbs.write(nb, path)
+    assert nbs.problems(path, root=tmp_path) == [] and nb.cells[2].outputs
+
+
 def test_exercises_are_in_sync_with_solutions():
     assert exb.build(check_only=True) == [], "run: python -m labkit.exercises build"
 
