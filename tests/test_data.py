@@ -316,7 +316,10 @@ def test_labels_match_trl_sft_trainer(tiny, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = tiny
+    from labkit.models import tiny_model
+
+    tokenizer = tiny[1]
+    model = tiny_model()[0]  # SFTTrainer changes the model it is given: never the shared session fixture
     recs = course_dataset("faq")[:10] + [{"prompt": format_prompt("Say hi"), "completion": " leading space"}]
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(recs),
                          args=SFTConfig(output_dir=str(tmp_path), report_to=[], completion_only_loss=True,
