@@ -106,6 +106,19 @@ def test_sft_trainer_takes_processing_class_not_tokenizer():
         ["model", "args", "train_dataset", "eval_dataset", "processing_class", "callbacks"]), "trl.SFTTrainer")
 
 
+def test_trl_fused_head_still_decides_compaction_with_use_triton():
+    """labkit.train._score_answer_tokens_only swaps this hook on a CPU; if TRL moved it, the swap
+    would silently do nothing and CPU training would be ~1.6x slower."""
+    import trl.trainer.utils as trl_utils
+
+    assert callable(getattr(trl_utils, "_use_triton", None)), "API drift: trl.trainer.utils._use_triton is gone"
+    assert hasattr(trl_utils, "_ChunkedLogProbFunction"), "API drift: trl's chunked log-prob function moved"
+    source = inspect.getsource(trl_utils.add_fused_lm_head)
+    assert "compact = _use_triton(hidden_states.device)" in source, (
+        "API drift: trl's add_fused_lm_head no longer decides which positions to project with "
+        "_use_triton(hidden_states.device); update labkit.train._score_answer_tokens_only.")
+
+
 def test_trainer_callback_hooks_labkit_uses():
     from transformers import TrainerCallback
 

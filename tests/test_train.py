@@ -185,6 +185,77 @@ def test_prompt_masked_and_eos_is_last_label(tiny, tmp_path):
         assert (row[:n_prompt] == -100).all()
 
 
+def _fused_head_run(model, batch, labels):
+    """Loss, LoRA-free full gradients and the number of rows TRL's fused head projected."""
+    import trl.trainer.utils as trl_utils
+
+    rows = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    trl_utils._ChunkedLogProbFunction = Spy
+    try:
+        model.zero_grad()
+        out = model(**batch, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+    finally:
+        trl_utils._ChunkedLogProbFunction = real
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), grads, rows
+
+
+def test_cpu_fused_head_scores_answer_tokens_only_with_same_loss_and_gradients():
+    """train_sft's CPU speed-up: the fused LM head projects only labelled positions, same maths."""
+    import trl.trainer.utils as trl_utils
+
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model(seed=3)
+    model.train()
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    recs = _records(3)
+    side, tok.padding_side = tok.padding_side, "right"  # prompt first in every row, as the collator does
+    try:
+        batch = tok([r["prompt"] + r["completion"] for r in recs], return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
+    labels = batch["input_ids"].clone()
+    for i, r in enumerate(recs):
+        labels[i, : len(tok(r["prompt"])["input_ids"])] = -100
+    labels[batch["attention_mask"] == 0] = -100
+    n_labelled = int((labels[:, 1:] != -100).sum())
+    n_positions = labels[:, 1:].numel()
+
+    loss_all, grads_all, rows_all = _fused_head_run(model, batch, labels)
+    original = trl_utils._use_triton
+    with T._score_answer_tokens_only("cpu"):
+        loss_ans, grads_ans, rows_ans = _fused_head_run(model, batch, labels)
+    assert trl_utils._use_triton is original, "the TRL hook was not restored"
+
+    assert rows_all == [n_positions] and rows_ans == [n_labelled] and n_labelled < n_positions / 2
+    torch.testing.assert_close(loss_ans, loss_all, rtol=1e-5, atol=1e-6)
+    assert grads_ans.keys() == grads_all.keys() and grads_all
+    for name, g in grads_all.items():
+        torch.testing.assert_close(grads_ans[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_answer_token_scoring_leaves_other_devices_alone():
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    with T._score_answer_tokens_only("cuda"):
+        assert trl_utils._use_triton is original
+    with T._score_answer_tokens_only("cpu"):
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        assert trl_utils._use_triton(torch.device("meta")) is original(torch.device("meta"))
+    assert trl_utils._use_triton is original
+
+
 # ------------------------------------------------------------------------------------------------
 # The gradient check fails loudly
 
