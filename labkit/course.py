@@ -1,7 +1,7 @@
 """Run the whole course headless: every lesson in order, with a report an instructor can read.
 
 Each lesson calls `headline("...")` once with the result it proves (for example
-"base EM 0/32 -> tuned EM 25/32"); the runner picks those lines out of the executed notebook.
+"base EM 0/32 -> tuned EM 31/32"); the runner picks those lines out of the executed notebook.
 """
 
 from __future__ import annotations
