@@ -199,6 +199,12 @@ class EvalResult:
     def n_correct(self) -> int:
         return round(self.exact_match * self.n)
 
+    @property
+    def misses(self) -> list[tuple[str, str]]:
+        """(reference, prediction) for every answer that is not an exact match: read them, don't just count."""
+        return [(ref, pred) for pred, ref in zip(self.predictions, self.references, strict=True)
+                if not _same(pred, ref)]
+
     def __str__(self) -> str:
         return (f"{self.name}: exact match {self.exact_match:.1%} ({self.n_correct}/{self.n}), "
                 f"JSON valid {self.json_valid:.1%}, field F1 {self.f1:.3f}")

@@ -19,6 +19,15 @@ def test_exact_match_falls_back_to_stripped_strings():
     assert ev.exact_match(["  Paris\n", "paris", "{not json"], ["Paris", "Paris", "{not json"]) == pytest.approx(2 / 3)
 
 
+def test_eval_result_lists_its_misses_as_exact_match_scores_them():
+    reordered = '{"items": [{"price": 2.5, "name": "tea"}, {"name": "cake", "price": 4.0}], "currency": "EUR"}'
+    preds, refs = [reordered, "Paris", "Lyon"], [REF, "Paris", "Paris"]
+    result = ev.EvalResult(exact_match=ev.exact_match(preds, refs), json_valid=0.0, f1=0.0, n=3,
+                           predictions=preds, references=refs)
+    assert result.misses == [("Paris", "Lyon")]
+    assert result.n_correct == result.n - len(result.misses) == 2
+
+
 def test_metrics_refuse_mismatched_or_empty_inputs():
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         ev.exact_match(["a", "b"], ["a"])
