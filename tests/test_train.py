@@ -186,7 +186,7 @@ def test_prompt_masked_and_eos_is_last_label(tiny, tmp_path):
 
 
 def _fused_head_run(model, batch, labels):
-    """Loss, LoRA-free full gradients and the number of rows TRL's fused head projected."""
+    """Loss, every parameter's gradient and the number of rows TRL's fused head projected."""
     import trl.trainer.utils as trl_utils
 
     rows = []
@@ -213,21 +213,20 @@ def test_cpu_fused_head_scores_answer_tokens_only_with_same_loss_and_gradients()
     """train_sft's CPU speed-up: the fused LM head projects only labelled positions, same maths."""
     import trl.trainer.utils as trl_utils
 
+    from labkit.data import tokenize_with_labels
     from labkit.models import tiny_model
 
     model, tok = tiny_model(seed=3)
     model.train()
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    recs = _records(3)
-    side, tok.padding_side = tok.padding_side, "right"  # prompt first in every row, as the collator does
-    try:
-        batch = tok([r["prompt"] + r["completion"] for r in recs], return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = side
-    labels = batch["input_ids"].clone()
-    for i, r in enumerate(recs):
-        labels[i, : len(tok(r["prompt"])["input_ids"])] = -100
-    labels[batch["attention_mask"] == 0] = -100
+    encoded = [tokenize_with_labels(r, tok) for r in _records(3)]  # prompt masked, as in training
+    width = max(len(e["input_ids"]) for e in encoded)
+
+    def right_padded(key: str, value: int) -> torch.Tensor:
+        return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in encoded])
+
+    batch = {"input_ids": right_padded("input_ids", tok.pad_token_id), "attention_mask": right_padded("attention_mask", 0)}
+    labels = right_padded("labels", -100)
     n_labelled = int((labels[:, 1:] != -100).sum())
     n_positions = labels[:, 1:].numel()
 
