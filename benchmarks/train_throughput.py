@@ -5,7 +5,7 @@ Part 1 (one process, back to back, same NF4 base, same LoRA adapters, same invoi
     checkpointing, random batches);
   - "labkit": SFTConfig(**labkit.train.sft_config_kwargs(...)) (fp32, no checkpointing,
     length-grouped batches), run as train_sft runs it: TRL's fused LM head projects only the
-    answer tokens (labkit.train._score_answer_tokens_only; TRL projects every position off GPU).
+    answer tokens (labkit._compat.trl_fused_head_labelled_only; TRL projects every position off GPU).
   Tokens/s counts non-padding tokens over the time spent in training steps (first step excluded:
   it pays one-off allocation costs). The runs alternate (labkit, TRL, labkit, TRL, ...) so a
   machine shared with other jobs slows both alike; the best round of each is reported.
@@ -59,12 +59,13 @@ def _run(model, tok, records, config_kwargs: dict, answer_only: bool) -> tuple[f
 
     from trl import SFTConfig, SFTTrainer
 
-    from labkit.train import _score_answer_tokens_only, records_to_dataset
+    from labkit._compat import trl_fused_head_labelled_only
+    from labkit.train import records_to_dataset
 
     meter = _Meter()
     trainer = SFTTrainer(model=model, args=SFTConfig(**config_kwargs), train_dataset=records_to_dataset(records),
                          processing_class=tok, callbacks=[meter])
-    with _score_answer_tokens_only("cpu") if answer_only else nullcontext():
+    with trl_fused_head_labelled_only("cpu") if answer_only else nullcontext():
         trainer.train()
     if hasattr(model, "gradient_checkpointing_disable"):
         model.gradient_checkpointing_disable()  # TRL's run switches it on in the model; undo for the next run
@@ -75,10 +76,11 @@ def throughput(n_records: int, rounds: int) -> None:
     import torch
 
     from labkit import env
+    from labkit._compat import no_repacking
     from labkit.data import course_dataset
     from labkit.lora import add_lora
     from labkit.models import load_model
-    from labkit.train import _no_repacking, sft_config_kwargs
+    from labkit.train import sft_config_kwargs
 
     env.set_seed(0)
     records = course_dataset("invoices", "train")[:n_records]
@@ -90,7 +92,7 @@ def throughput(n_records: int, rounds: int) -> None:
                   disable_tqdm=True, include_num_input_tokens_seen="non_padding", save_strategy="no",
                   seed=0, use_cpu=True)
     results: dict[str, list[float]] = {"labkit": [], "TRL defaults": []}
-    with tempfile.TemporaryDirectory() as out, _no_repacking(model):
+    with tempfile.TemporaryDirectory() as out, no_repacking(model):
         labkit_kw = sft_config_kwargs(out, device="cpu", epochs=1, learning_rate=LR, batch_size=BATCH,
                                       has_val=False, progress=False, save_strategy="no", logging_steps=50)
         trl_kw = dict(output_dir=out, **common)
@@ -111,15 +113,16 @@ def memory_child(mode: str, n_records: int, steps: int) -> dict:
     """Train `steps` steps in this (fresh) process → peak RSS numbers as a dict."""
     from labkit import env
     from labkit.data import course_dataset
+    from labkit.memory import peak_rss_mb, reset_peak_rss
     from labkit.models import load_model
-    from labkit.train import _peak_rss_mb, _reset_peak_rss, train_sft
+    from labkit.train import train_sft
 
     env.set_seed(0)
     records = course_dataset("invoices", "train")[:n_records]
     model, tok = load_model(quantization="nf4" if mode == "nf4" else None)
     weights_mb = model.get_memory_footprint() / 2**20
-    _reset_peak_rss()
-    before = _peak_rss_mb()
+    reset_peak_rss()
+    before = peak_rss_mb()
     h = train_sft(model, tok, records, lora=LORA, epochs=1, batch_size=BATCH, learning_rate=LR,
                   plot=False, progress=False, max_steps=steps, save_strategy="no")
     return {"mode": mode, "weights_mb": weights_mb, "rss_before_mb": before, "peak_mb": h.peak_memory_mb,

@@ -45,18 +45,14 @@ def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
     import torch
 
     from labkit.data import tokenize_with_labels
+    from labkit.models import eval_mode
 
     enc = tokenize_with_labels({"prompt": prompt, "completion": completion}, tokenizer)
     device = next(model.parameters()).device
     ids = torch.tensor([enc["input_ids"]], device=device)
     labels = torch.tensor([enc["labels"]], device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits.float()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
     target = labels[:, 1:]
     mask = target != -100

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit._compat import kernel_pid
+from labkit.memory import peak_rss_mb
+
 HEADLINE_PREFIX = "HEADLINE: "
 
 
@@ -28,17 +31,6 @@ class NotebookRun:
     peak_mb: float
     headline: str
     error: str = ""
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """The kernel's high-water mark of resident memory (Linux), else 0."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _headline_of(nb) -> str:
@@ -66,10 +58,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
 
     def watch() -> None:
         while not stop.wait(0.5):
-            km = client.km
-            proc = getattr(getattr(km, "provisioner", None), "process", None) if km else None
-            if proc is not None:
-                peak[0] = max(peak[0], _peak_rss_mb(proc.pid))
+            pid = kernel_pid(client)
+            if pid is not None:
+                peak[0] = max(peak[0], peak_rss_mb(pid))
 
     watcher = threading.Thread(target=watch, daemon=True)
     start = time.perf_counter()

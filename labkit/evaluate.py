@@ -21,6 +21,7 @@ from html import escape
 
 import torch
 
+from labkit.models import eval_mode
 from labkit.probe import ProbeResult, general_probe, load_probe, mean_kl  # noqa: F401 - re-exported
 
 __all__ = [
@@ -63,13 +64,11 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     device = next(model.parameters()).device
-    was_training = model.training
     old_side = tokenizer.padding_side
     out: list[str | None] = [None] * len(prompts)
     try:
         tokenizer.padding_side = "left"
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for idx in _progress(batches, len(batches), "generate", progress):
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -81,8 +80,6 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
                     out[i] = text.strip()
     finally:
         tokenizer.padding_side = old_side
-        if was_training:
-            model.train()
     return out  # type: ignore[return-value]
 
 

@@ -13,12 +13,14 @@ import math
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from labkit._compat import no_repacking
+from labkit.models import eval_mode
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -308,28 +310,11 @@ DEFAULT_MERGE_PROMPTS = ("The capital of France is", "Invoice: 2 pens at 1.50 ea
                          "def add(a, b):")
 
 
-@contextmanager
-def _evaluating(model: nn.Module):
-    """model.eval() for the duration (dropout off), restoring each module's mode afterwards.
-
-    bitsandbytes 4-bit layers stay in train mode: on AVX512-BF16 CPUs a Linear4bit that runs in eval
-    mode without grad repacks its weight in place, after which training silently stops learning.
-    """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    for m in model.modules():
-        if type(m).__name__ == "Linear4bit":
-            m.training = True
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def _logits(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     dev = _device_of(model)
-    with _evaluating(model), torch.no_grad():
+    # no_repacking: the model passed in may be trained further, so its 4-bit weights must not be
+    # left in bitsandbytes' inference-only CPU layout by this eval pass (the repacking trap).
+    with no_repacking(model), eval_mode(model), torch.no_grad():
         return [model(input_ids=ids.to(dev)).logits.float().cpu() for ids in batches]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
 
@@ -232,6 +233,34 @@ def measure_footprint_mb(model) -> float:
     quantisation constants (absmax), so it is ~3% below NF4's 4.127 bits per weight.
     """
     return model.get_memory_footprint() / 1e6
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """The kernel's high-water mark of resident memory of process `pid` (default: this one), in MiB.
+
+    Linux reads VmHWM; elsewhere this process's current RSS (psutil) is the best available, and
+    another process's is 0.
+    """
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid is not None:
+        return 0.0
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def recommend_gpu(total_gb: float) -> str:

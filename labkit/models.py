@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,9 +325,22 @@ def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
     return model, tok
 
 
-def model_footprint_mb(model) -> float:
-    """Bytes held by parameters and buffers, in MB (what `get_memory_footprint` reports)."""
-    return model.get_memory_footprint() / 1e6
+@contextmanager
+def eval_mode(*models) -> Iterator:
+    """`model.eval()` (dropout off) for the duration; every module's own mode is restored afterwards.
+
+    Restoring each module, not only the root, matters: `model.train(was)` would flip modules that
+    were deliberately left in another mode. Pass several models to switch them together.
+    """
+    modes = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    for model in models:
+        if model is not None:
+            model.eval()
+    try:
+        yield models[0] if len(models) == 1 else models
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def chat(model, tokenizer, message: str, max_new_tokens: int = 64, system: str | None = None) -> str:

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from labkit._compat import additive_attention_mask
+from labkit.models import eval_mode
+
 PROBE_PATH = Path(__file__).parent / "datasets" / "general_probe.jsonl"
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -122,38 +125,31 @@ def option_logprobs(model, tokenizer, items: Sequence[dict], template: str = QA_
     dtype = model.get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(len(packed[i][0]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                pos = torch.zeros((len(idx), width), dtype=torch.long)
-                allowed = torch.zeros((len(idx), 1, width, width), dtype=torch.bool)
-                for row, i in enumerate(idx):
-                    seq, positions, spans = packed[i]
-                    ids[row, :len(seq)] = torch.tensor(seq)
-                    pos[row, :len(seq)] = torch.tensor(positions)
-                    allowed[row, 0] = _mask(spans[0][0], spans, width)
-                # additive float mask: works with both the sdpa and the eager attention code paths
-                mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-                logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev),
-                               attention_mask=mask.to(dev)).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)
-                for row, i in enumerate(idx):
-                    seq, _, spans = packed[i]
-                    n_prompt = spans[0][0]
-                    for s, k in spans:
-                        # the first option token is predicted at the question's last position,
-                        # the others at the previous token of the same option
-                        at = torch.tensor([n_prompt - 1] + list(range(s, s + k - 1)), device=dev)
-                        target = ids[row, s:s + k].to(dev)
-                        out[i].append((float(logp[row, at, target].sum()), k))
-    finally:
-        if was_training:
-            model.train()
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(packed[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            pos = torch.zeros((len(idx), width), dtype=torch.long)
+            allowed = torch.zeros((len(idx), 1, width, width), dtype=torch.bool)
+            for row, i in enumerate(idx):
+                seq, positions, spans = packed[i]
+                ids[row, :len(seq)] = torch.tensor(seq)
+                pos[row, :len(seq)] = torch.tensor(positions)
+                allowed[row, 0] = _mask(spans[0][0], spans, width)
+            mask = additive_attention_mask(allowed, dtype)
+            logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev),
+                           attention_mask=mask.to(dev)).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, i in enumerate(idx):
+                seq, _, spans = packed[i]
+                n_prompt = spans[0][0]
+                for s, k in spans:
+                    # the first option token is predicted at the question's last position,
+                    # the others at the previous token of the same option
+                    at = torch.tensor([n_prompt - 1] + list(range(s, s + k - 1)), device=dev)
+                    target = ids[row, s:s + k].to(dev)
+                    out[i].append((float(logp[row, at, target].sum()), k))
     return out
 
 
@@ -208,12 +204,9 @@ def mean_kl(base_model, tuned_model, tokenizer, prompts: Sequence[str] | None = 
     dev = _device(tuned_model)
     old_side, total, count = tokenizer.padding_side, 0.0, 0
     models = [m for m in (base_model, tuned_model) if m is not None]
-    modes = [m.training for m in models]
     try:
         tokenizer.padding_side = "right"
-        for m in models:
-            m.eval()
-        with torch.inference_mode():
+        with eval_mode(*models), torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(dev)
                 if base_model is None:
@@ -228,6 +221,4 @@ def mean_kl(base_model, tuned_model, tokenizer, prompts: Sequence[str] | None = 
                 count += int(mask.sum())
     finally:
         tokenizer.padding_side = old_side
-        for m, was in zip(models, modes, strict=True):
-            m.train(was)
     return total / count

@@ -11,25 +11,23 @@ A thin layer over TRL's `SFTTrainer`. What labkit adds, and why:
 - a live train/val loss plot in a notebook;
 - two guards against a fine-tune that silently learns nothing: the bitsandbytes CPU repacking
   trap (below) and a first-step gradient check that fails loudly;
-- on a CPU, TRL's fused LM head scores only the answer tokens (see `_score_answer_tokens_only`).
+- on a CPU, TRL's fused LM head scores only the answer tokens (`labkit._compat.trl_fused_head_labelled_only`).
 
 The repacking trap: on CPUs with AVX512-BF16, bitsandbytes repacks an NF4 weight into an
 inference-only layout the first time the layer runs in eval mode without gradients (any
 `generate()`, and the Trainer's own evaluation loop). Matmuls on a repacked weight do not pass
-gradients back, so LoRA layers below it never learn and the loss stays flat. `train_sft` unpacks
-every repacked layer before training and switches repacking off until it returns.
+gradients back, so LoRA layers below it never learn and the loss stays flat. `train_sft` trains
+inside `labkit._compat.no_repacking`, the one guard against it.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,14 @@ import torch
 from transformers import TrainerCallback
 
 from labkit import env
+from labkit._compat import (
+    checkpointing_key,
+    no_repacking,
+    packed_nf4_layers,
+    trl_fused_head_labelled_only,
+    unpack_nf4_for_training,
+)
+from labkit.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = [
     "History", "train_sft", "sft_config_kwargs", "find_overfitting_epoch", "records_to_dataset",
@@ -45,14 +51,6 @@ __all__ = [
 ]
 
 _VAL0_FILE = "labkit_val0.json"
-
-
-def _checkpointing_key() -> str:
-    """transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (old name warns)."""
-    from transformers import TrainingArguments
-
-    return ("activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
-            else "gradient_checkpointing")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: flo
         bf16=False,
         fp16=False,
     )
-    gc = _checkpointing_key()
+    gc = checkpointing_key()
     kw[gc] = False
     if has_val:
         kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
@@ -205,85 +203,6 @@ def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: flo
     if kw[gc] and f"{gc}_kwargs" not in kw:
         kw[f"{gc}_kwargs"] = {"use_reentrant": False}  # the variant that works with frozen inputs (LoRA)
     return kw
-
-
-# ------------------------------------------------------------------------------------------------
-# The bitsandbytes CPU repacking trap
-
-
-def _linear4bit_modules(model) -> list[tuple[str, torch.nn.Module]]:
-    try:
-        import bitsandbytes as bnb
-    except Exception:  # noqa: BLE001 - no bitsandbytes, no 4-bit layers
-        return []
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-
-
-def packed_nf4_layers(model) -> list[str]:
-    """Names of 4-bit layers whose weight is in bitsandbytes' inference-only CPU layout."""
-    return [n for n, m in _linear4bit_modules(model)
-            if getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)]
-
-
-def unpack_nf4_for_training(model) -> int:
-    """Undo CPU repacking on every 4-bit layer → how many were unpacked.
-
-    The packing rounded each block's scale to bf16, so the unpacked weights match the originals
-    to within that rounding (< 1%), not bit for bit.
-    """
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-    n = 0
-    for _, m in _linear4bit_modules(model):
-        qs = getattr(m.weight, "quant_state", None)
-        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-            m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
-            n += 1
-    return n
-
-
-@contextmanager
-def _no_repacking(model):
-    """Unpack 4-bit weights and keep bitsandbytes from repacking them (the eval loop would) until exit."""
-    layers = _linear4bit_modules(model)
-    saved = [(m, m.__dict__.get("support_avx512bf16_for_cpu")) for _, m in layers]
-    unpack_nf4_for_training(model)
-    for _, m in layers:
-        m.support_avx512bf16_for_cpu = False
-    try:
-        yield
-    finally:
-        for m, old in saved:
-            if old is None:
-                m.__dict__.pop("support_avx512bf16_for_cpu", None)
-            else:
-                m.support_avx512bf16_for_cpu = old
-
-
-@contextmanager
-def _score_answer_tokens_only(device: str):
-    """On a CPU, let TRL's fused LM head project only the positions that have a label.
-
-    TRL's SFTTrainer computes the loss with a fused, chunked LM head. On Triton devices it projects
-    only the positions whose label is not -100; elsewhere it projects every position (prompt and
-    padding too), because on compilers such as Neuron a changing number of positions recompiles
-    the kernel. A CPU recompiles nothing, and with completion-only loss the prompt and padding are
-    over half of each batch: projecting them through a 49k-token vocabulary was ~38% of a CPU step
-    (measured: 4.1 s → 2.6 s per step, batch 4, SmolLM2-135M NF4). Same loss and gradients, only
-    fewer rows (tests/test_train.py checks both). TRL decides this with `utils._use_triton(device)`;
-    tests/test_drift.py fails loudly if that hook moves. Other devices keep TRL's behaviour.
-    """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if device != "cpu" or original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda dev: dev.type == "cpu" or original(dev)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,34 +325,6 @@ def history_from_log(log_history: list[dict], val0: float | None) -> History:
 
 
 # ------------------------------------------------------------------------------------------------
-# Memory
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # noqa: BLE001
-        return 0.0
-
-
-# ------------------------------------------------------------------------------------------------
 # train_sft
 
 
@@ -545,9 +436,9 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
     live = None
-    with _no_repacking(model), _score_answer_tokens_only(dev):
+    with no_repacking(model), trl_fused_head_labelled_only(dev):
         trainer = SFTTrainer(model=model, args=config, train_dataset=records_to_dataset(train),
                              eval_dataset=records_to_dataset(val) if val is not None else None,
                              processing_class=tokenizer, callbacks=cbs)
@@ -569,7 +460,7 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
 
     h = history_from_log(trainer.state.log_history, val0)
     h.tokens_per_sec = meter.tokens_per_sec
-    h.peak_memory_mb = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb())
+    h.peak_memory_mb = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb())
     h.wall_seconds = time.perf_counter() - start
     h.steps = trainer.state.global_step
     h.output_dir = str(out)

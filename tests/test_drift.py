@@ -107,7 +107,7 @@ def test_sft_trainer_takes_processing_class_not_tokenizer():
 
 
 def test_trl_fused_head_still_decides_compaction_with_use_triton():
-    """labkit.train._score_answer_tokens_only swaps this hook on a CPU; if TRL moved it, the swap
+    """labkit._compat.trl_fused_head_labelled_only swaps this hook on a CPU; if TRL moved it, the swap
     would silently do nothing and CPU training would be ~1.6x slower."""
     import trl.trainer.utils as trl_utils
 
@@ -116,7 +116,7 @@ def test_trl_fused_head_still_decides_compaction_with_use_triton():
     source = inspect.getsource(trl_utils.add_fused_lm_head)
     assert "compact = _use_triton(hidden_states.device)" in source, (
         "API drift: trl's add_fused_lm_head no longer decides which positions to project with "
-        "_use_triton(hidden_states.device); update labkit.train._score_answer_tokens_only.")
+        "_use_triton(hidden_states.device); update labkit._compat.trl_fused_head_labelled_only.")
 
 
 def test_trainer_callback_hooks_labkit_uses():

@@ -7,9 +7,10 @@ import torch
 
 from labkit import env
 from labkit import train as T
+from labkit._compat import checkpointing_key, trl_fused_head_labelled_only
 from labkit.train import History, find_overfitting_epoch, sft_config_kwargs, train_sft
 
-GC = T._checkpointing_key()  # "activation_checkpointing" (transformers >= 5.2x) or "gradient_checkpointing"
+GC = checkpointing_key()  # "activation_checkpointing" (transformers >= 5.2x) or "gradient_checkpointing"
 
 
 def _records(n: int, offset: int = 0) -> list[dict]:
@@ -232,7 +233,7 @@ def test_cpu_fused_head_scores_answer_tokens_only_with_same_loss_and_gradients()
 
     loss_all, grads_all, rows_all = _fused_head_run(model, batch, labels)
     original = trl_utils._use_triton
-    with T._score_answer_tokens_only("cpu"):
+    with trl_fused_head_labelled_only("cpu"):
         loss_ans, grads_ans, rows_ans = _fused_head_run(model, batch, labels)
     assert trl_utils._use_triton is original, "the TRL hook was not restored"
 
@@ -247,9 +248,9 @@ def test_answer_token_scoring_leaves_other_devices_alone():
     import trl.trainer.utils as trl_utils
 
     original = trl_utils._use_triton
-    with T._score_answer_tokens_only("cuda"):
+    with trl_fused_head_labelled_only("cuda"):
         assert trl_utils._use_triton is original
-    with T._score_answer_tokens_only("cpu"):
+    with trl_fused_head_labelled_only("cpu"):
         assert trl_utils._use_triton(torch.device("cpu")) is True
         assert trl_utils._use_triton(torch.device("meta")) is original(torch.device("meta"))
     assert trl_utils._use_triton is original

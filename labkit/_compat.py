@@ -1,0 +1,169 @@
+"""Every private or version-specific third-party access in labkit, in one place.
+
+Rule: no other labkit module touches a private name (`_x`) or a version-dependent spelling of
+transformers / TRL / bitsandbytes / jupyter. Each function here says which versions it is tested
+on and what happens when the library moves; tests/test_drift.py calls each one and checks its
+*effect*, so an upgrade that breaks one fails loudly there instead of silently in a lesson.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+# ------------------------------------------------------------------------------------------------
+# bitsandbytes: the CPU repacking trap (tested on bitsandbytes 0.50.x).
+#
+# On CPUs with AVX512-BF16, a `Linear4bit` that runs in eval mode without gradients repacks its NF4
+# weight in place into an inference-only layout (`quant_state.packing_format_for_cpu = True`).
+# Matmuls on that layout pass no gradient back, so LoRA layers below it never learn and the loss
+# stays flat. Each layer decides with its own `support_avx512bf16_for_cpu` flag; the inverse is the
+# private `bitsandbytes.functional._convert_weight_packed_for_cpu_inverse`.
+# If bitsandbytes renames either, `no_repacking` raises (it never switches itself off silently) and
+# tests/test_drift.py fails.
+
+
+def _bitsandbytes():
+    """The bitsandbytes module, None when it is not installed; a broken install raises."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None
+    try:
+        import bitsandbytes
+    except Exception as exc:  # noqa: BLE001 - installed but broken: say so, never guess
+        raise RuntimeError(f"bitsandbytes is installed but fails to import ({type(exc).__name__}: {exc}). "
+                           "4-bit models cannot be trained safely. Reinstall it: "
+                           "pip install --force-reinstall 'bitsandbytes>=0.50,<0.51'") from exc
+    return bitsandbytes
+
+
+def linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every bitsandbytes 4-bit linear layer in `model`."""
+    bnb = _bitsandbytes()
+    if bnb is None:
+        return []
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def _is_packed(module: torch.nn.Module) -> bool:
+    return bool(getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False))
+
+
+def packed_nf4_layers(model: torch.nn.Module) -> list[str]:
+    """Names of 4-bit layers whose weight is in bitsandbytes' inference-only CPU layout."""
+    return [n for n, m in linear4bit_layers(model) if _is_packed(m)]
+
+
+def unpack_nf4_for_training(model: torch.nn.Module) -> int:
+    """Undo CPU repacking on every 4-bit layer → how many were unpacked.
+
+    The packing rounded each block's scale to bf16, so the unpacked weights match the originals
+    to within that rounding (< 1%), not bit for bit.
+    """
+    packed = [m for _, m in linear4bit_layers(model) if _is_packed(m)]
+    if not packed:
+        return 0
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for m in packed:
+        m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data,
+                                                                                    m.weight.quant_state)
+    return len(packed)
+
+
+@contextmanager
+def no_repacking(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """THE guard against the repacking trap: unpack every 4-bit weight and keep bitsandbytes from
+    repacking it (an eval pass would) until exit; each layer's own flag is restored afterwards.
+
+    Everything in labkit that trains a possibly-4-bit model, or must leave it trainable, runs inside it.
+    """
+    layers = [m for _, m in linear4bit_layers(model)]
+    saved = [(m, m.__dict__.get("support_avx512bf16_for_cpu")) for m in layers]
+    unpack_nf4_for_training(model)
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    try:
+        yield model
+    finally:
+        for m, old in saved:
+            if old is None:
+                m.__dict__.pop("support_avx512bf16_for_cpu", None)
+            else:
+                m.support_avx512bf16_for_cpu = old
+
+
+# ------------------------------------------------------------------------------------------------
+# TRL: the fused LM head's device hook (tested on trl 1.16.x).
+
+
+@contextmanager
+def trl_fused_head_labelled_only(device: str) -> Iterator[None]:
+    """On a CPU, let TRL's fused LM head project only the positions that have a label.
+
+    TRL's SFTTrainer computes the loss with a fused, chunked LM head. On Triton devices it projects
+    only the positions whose label is not -100; elsewhere it projects every position (prompt and
+    padding too), because on compilers such as Neuron a changing number of positions recompiles
+    the kernel. A CPU recompiles nothing, and with completion-only loss the prompt and padding are
+    over half of each batch: projecting them through a 49k-token vocabulary was ~38% of a CPU step
+    (measured: 4.1 s → 2.6 s per step, batch 4, SmolLM2-135M NF4). Same loss and gradients, only
+    fewer rows (tests/test_train.py checks both). TRL decides this with the private
+    `trl.trainer.utils._use_triton(device)`. If TRL moves it, this does nothing (training stays
+    correct, only slower) and tests/test_drift.py fails loudly. Other devices keep TRL's behaviour.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if device != "cpu" or original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda dev: dev.type == "cpu" or original(dev)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers
+
+
+def checkpointing_key() -> str:
+    """The TrainingArguments name of gradient checkpointing.
+
+    transformers 5.2x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name
+    still works there, with a warning). Tested on transformers 5.23-5.x; falls back to the old name.
+    """
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments).parameters
+    return "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+
+
+def additive_attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean [batch, 1, q, k] "may attend" mask → the additive float mask transformers accepts.
+
+    transformers 5.x passes a 4-D float mask straight through to both the sdpa and the eager
+    attention code (0 = attend, dtype-min = blocked); a boolean 4-D mask is read differently by the
+    two. Used by the probe to score all options of a question in one packed sequence. Tested on
+    transformers 5.23-5.x; tests/test_probe.py checks packed == one-option-at-a-time scores.
+    """
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+# ------------------------------------------------------------------------------------------------
+# jupyter_client: the running kernel's process (tested on jupyter_client 8.x).
+
+
+def kernel_pid(client) -> int | None:
+    """The OS process id of an nbclient NotebookClient's kernel, None when not (yet) known.
+
+    jupyter_client 8 keeps the process on the kernel manager's provisioner (`km.provisioner.process`),
+    which is not a documented API; if it moves, the course report shows no peak memory (0 MB).
+    """
+    km = getattr(client, "km", None)
+    proc = getattr(getattr(km, "provisioner", None), "process", None) if km else None
+    return getattr(proc, "pid", None)
