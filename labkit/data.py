@@ -130,6 +130,38 @@ def _need_str(obj: dict, key: str, path, line, label: str | None = None, optiona
     return value
 
 
+def validate_records(records: Sequence, name: str = "train",
+                     fields: Sequence[str] = ("prompt", "completion")) -> None:
+    """THE record validator (train, evaluate, alignment and the run config all call it): raise a
+    RecordError naming the set, the record index and the field when a record cannot be used.
+
+    `fields` are the text fields every record needs: ("prompt", "completion") for SFT and
+    evaluation, ("prompt", "chosen", "rejected") for preference pairs.
+    """
+    if records is None or len(records) == 0:
+        raise RecordError(f"The {name} set is empty: there is nothing to learn from. Pass a list of "
+                          f"records with {', '.join(repr(f) for f in fields)}, e.g. "
+                          "labkit.data.course_dataset('invoices', 'train').")
+    for i, rec in enumerate(records):
+        where = f"{name} record {i}"
+        if not isinstance(rec, dict):
+            raise RecordError(f"{where} is a {type(rec).__name__}, not a dict with "
+                              f"{', '.join(repr(f) for f in fields)}.")
+        for key in fields:
+            if key not in rec:
+                raise _field_error(f"{where} has no {key!r} field (it has {sorted(rec)}). Build records with "
+                                   "labkit.data.to_record(instruction, response, input=...).", key)
+            if not isinstance(rec[key], str) or not rec[key].strip():
+                raise _field_error(f"{where}: field {key!r} is empty or not text ({rec[key]!r}).", key)
+
+
+def _field_error(message: str, key: str) -> RecordError:
+    """A RecordError about an in-memory record: the message already names it; .field names the key."""
+    err = RecordError(message)
+    err.field = key
+    return err
+
+
 def parse_record(obj: Any, path: str | Path | None = None, line: int | None = None) -> dict:
     """Validate one decoded record and bring it to prompt/completion or chat shape (see module doc)."""
     if not isinstance(obj, dict):

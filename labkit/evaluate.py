@@ -21,6 +21,7 @@ from html import escape
 
 import torch
 
+from labkit.data import validate_records
 from labkit.models import eval_mode
 from labkit.probe import ProbeResult, general_probe, load_probe, mean_kl  # noqa: F401 - re-exported
 
@@ -207,20 +208,10 @@ class EvalResult:
                 f"JSON valid {self.json_valid:.1%}, field F1 {self.f1:.3f}")
 
 
-def _check_records(records: Sequence[dict]) -> None:
-    if not records:
-        raise ValueError("No records to evaluate: the list is empty.")
-    for i, rec in enumerate(records):
-        missing = [k for k in ("prompt", "completion") if k not in rec]
-        if missing:
-            raise ValueError(f"Record {i} has no {', '.join(repr(m) for m in missing)} field; evaluation "
-                             "needs prompt/completion records (see labkit.data.to_record).")
-
-
 def evaluate_records(model, tokenizer, records: Sequence[dict], max_new_tokens: int = 128,
                      batch_size: int = 16, progress: bool = True, name: str = "model") -> EvalResult:
     """Generate an answer for each record's prompt and score it against its completion."""
-    _check_records(records)
+    validate_records(records, "evaluation")
     refs = [rec["completion"] for rec in records]
     preds = generate(model, tokenizer, [rec["prompt"] for rec in records], max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress)

@@ -43,11 +43,12 @@ from labkit._compat import (
     trl_fused_head_labelled_only,
     unpack_nf4_for_training,
 )
+from labkit.data import validate_records
 from labkit.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = [
     "History", "train_sft", "sft_config_kwargs", "find_overfitting_epoch", "records_to_dataset",
-    "check_records", "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
+    "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
 ]
 
 _VAL0_FILE = "labkit_val0.json"
@@ -109,22 +110,6 @@ def find_overfitting_epoch(history: History) -> int | None:
 
 # ------------------------------------------------------------------------------------------------
 # Records
-
-
-def check_records(records: Sequence[dict], name: str = "train") -> None:
-    """Raise ValueError naming the record index and field if a record cannot be trained on."""
-    if records is None or len(records) == 0:
-        raise ValueError(f"The {name} set is empty: there is nothing to learn from. Pass a list of "
-                         "{'prompt': ..., 'completion': ...} records, e.g. labkit.data.course_dataset('invoices', 'train').")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{name} record {i} is a {type(rec).__name__}, not a dict with 'prompt' and 'completion'.")
-        for key in ("prompt", "completion"):
-            if key not in rec:
-                raise ValueError(f"{name} record {i} has no {key!r} field (it has {sorted(rec)}). Build records "
-                                 "with labkit.data.to_record(instruction, response, input=...).")
-            if not isinstance(rec[key], str) or not rec[key].strip():
-                raise ValueError(f"{name} record {i}: field {key!r} is empty or not text ({rec[key]!r}).")
 
 
 def records_to_dataset(records: Sequence[dict]):
@@ -388,9 +373,9 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
     """
     from trl import SFTConfig, SFTTrainer
 
-    check_records(train, "train")
+    validate_records(train, "train")
     if val is not None and len(val) > 0:
-        check_records(val, "val")
+        validate_records(val, "val")
         if len(val) > len(train):
             raise ValueError(f"The val set ({len(val)} records) is larger than the train set ({len(train)}). "
                              "Swapped arguments? Validation needs only a few records; put most of them in train.")

@@ -126,7 +126,7 @@ def test_compare_needs_records_for_models_and_the_same_records(tiny):
 
 def test_evaluate_records_names_the_missing_field(tiny):
     model, tok = tiny
-    with pytest.raises(ValueError, match="Record 0 has no 'completion'"):
+    with pytest.raises(ValueError, match="evaluation record 0 has no 'completion'"):
         ev.evaluate_records(model, tok, [{"prompt": "x"}], progress=False)
 
 
