@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
-        from labkit.env import doctor
+        from labkit.doctor import doctor
 
         checks = doctor()
         return 1 if any(c.status == "FAIL" for c in checks) else 0

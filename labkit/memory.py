@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
+from labkit.shapes import COURSE_MODEL_SHAPE, PRESETS  # noqa: F401 - re-exported: lessons read them here
 
 GB = 1e9
 # QLoRA paper (Dettmers et al. 2023): NF4 stores 4 bits per weight; one fp32 absmax per 64 weights adds
@@ -28,24 +29,6 @@ OPTIMIZERS = {
     "adamw_8bit": lambda b: 2,  # two 8-bit moments (bitsandbytes); paged_adamw_8bit is the same size
     "paged_adamw_8bit": lambda b: 2,
     "sgd": lambda b: 0,
-}
-
-# Shapes of real model families, for the hardware table and for sizes given as a bare count.
-PRESETS: dict[str, dict] = {
-    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, head_dim=64, tie_word_embeddings=True),
-    "llama-3.2-3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, head_dim=128, tie_word_embeddings=True),
-    "llama-2-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                       intermediate_size=11008, vocab_size=32000),
-    "llama-3-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                       intermediate_size=14336, vocab_size=128256),
-    "llama-2-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
-                        intermediate_size=13824, vocab_size=32000),
-    "llama-65b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=64,
-                      intermediate_size=22016, vocab_size=32000),
-    "llama-2-70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
-                        intermediate_size=28672, vocab_size=32000),
 }
 
 # GPUs by memory, smallest first: what the hardware table recommends.

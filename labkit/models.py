@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from labkit import env
 
@@ -58,6 +59,21 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def choose_model() -> str:
+    """The course model: the embedded SmolLM2-135M unless LABKIT_MODEL names another registry model.
+
+    A Hub model (e.g. LABKIT_MODEL=smollm2-360m on a Colab GPU) is used only when online; offline
+    the course falls back to the embedded model and says so, so a workshop never stalls on a download.
+    """
+    wanted = os.environ.get("LABKIT_MODEL", "").strip() or DEFAULT_MODEL
+    spec = get_spec(wanted)
+    if not spec.embedded and env.is_offline():
+        print(f"labkit: LABKIT_MODEL={wanted} needs the Hugging Face Hub and this runtime is offline; "
+              f"using the embedded {DEFAULT_MODEL} instead.")
+        return DEFAULT_MODEL
+    return wanted
 
 
 def cache_dir() -> Path:
@@ -106,15 +122,13 @@ def _cache_is_complete(folder: Path) -> bool:
             f = folder / rel
             if not f.is_file() or f.stat().st_size != size:
                 return False
-        from safetensors import safe_open
-
         for st in folder.glob("*.safetensors"):
             with safe_open(str(st), framework="pt") as fh:
                 if not list(fh.keys()):
                     return False
         return True
-    except Exception:  # noqa: BLE001 - any doubt means rebuild
-        return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError):
+        return False  # unreadable marker or file, or a safetensors header that does not parse: rebuild
 
 
 def _quiet_gguf_load(fn, *args, **kwargs):
@@ -151,16 +165,31 @@ def ensure_cached(name: str = DEFAULT_MODEL, *, verbose: bool = True) -> Path:
 
     A GGUF-loaded model refuses `save_pretrained`, so we build a clean model from its config and
     copy the state dict across. The folder is written under a temporary name and renamed only when
-    complete, so an interrupted conversion never leaves a half cache behind.
+    complete, so an interrupted conversion never leaves a half cache behind; a file lock keeps two
+    processes from converting at once.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     spec = get_spec(name)
     if not spec.embedded:
         raise ModelError(f"{name!r} is a Hub model; only embedded models are converted to the cache.")
     folder = cache_dir() / spec.name
     if _cache_is_complete(folder):
         return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes (two notebooks, two torchrun ranks) may convert at once: one converts, the
+    # other waits here and then finds the finished cache.
+    with FileLock(str(folder.parent / f".{spec.name}.lock")):
+        if _cache_is_complete(folder):
+            return folder
+        _convert_embedded(spec, folder, verbose)
+    return folder
+
+
+def _convert_embedded(spec: ModelSpec, folder: Path, verbose: bool) -> None:
+    """GGUF → a clean fp32 model → safetensors in a temporary folder, renamed only when complete."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     gguf = embedded_gguf_path(spec)
     if folder.exists():
         if verbose:
@@ -184,7 +213,6 @@ def ensure_cached(name: str = DEFAULT_MODEL, *, verbose: bool = True) -> Path:
     if getattr(gmodel, "generation_config", None) is not None:
         clean.generation_config = gmodel.generation_config
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{spec.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     clean.save_pretrained(str(tmp), safe_serialization=True)
@@ -195,7 +223,6 @@ def ensure_cached(name: str = DEFAULT_MODEL, *, verbose: bool = True) -> Path:
     os.replace(tmp, folder)
     if verbose:
         print(f"labkit: cached {spec.name} at {folder} in {time.perf_counter() - start:.0f} s.")
-    return folder
 
 
 def _set_pad_token(tok) -> None:
@@ -215,20 +242,26 @@ def _set_pad_token(tok) -> None:
         tok.pad_token = tok.eos_token
 
 
+def _quantized_device(quantization: str | None, dev: str) -> str:
+    """Where a quantised model is placed: `env.nf4_device` (Apple MPS → the CPU, with one line why)."""
+    if quantization is None or dev != "mps":
+        return dev
+    print("labkit: on Apple silicon the 4-bit model runs on the CPU: bitsandbytes' MPS backend is not "
+          "tested for QLoRA training, its CPU library is (the same path as the course's CI).")
+    return env.nf4_device(dev)
+
+
 def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype):
     if quantization is None:
         return None
     if quantization not in ("nf4", "int8"):
         raise ModelError(f"quantization must be None, 'nf4' or 'int8', not {quantization!r}.")
-    if dev == "mps":
-        raise ModelError("bitsandbytes 4/8-bit quantisation does not run on Apple MPS. "
-                         "Use quantization=None, or device='cpu'.")
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any import failure means the same fix
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
-                         "Install it: pip install -U 'bitsandbytes>=0.47'") from exc
+                         "Install it: pip install -U 'bitsandbytes>=0.50,<0.51'") from exc
     return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype))
 
 
@@ -240,18 +273,21 @@ def bnb_kwargs(quantization: str, dtype: torch.dtype) -> dict:
     return dict(load_in_8bit=True)
 
 
-def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None):
+def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None,
+               dtype: torch.dtype | None = None):
     """Load a course model and its tokenizer → (model, tokenizer).
 
-    dtype comes from `labkit.env.compute_dtype()` (fp32 on CPU, fp16 on a T4, bf16 on Ampere+);
+    dtype defaults to `labkit.env.compute_dtype()` (fp32 on CPU and Apple MPS, fp16 on a T4, bf16 on
+    Ampere+); pass `dtype=torch.float32` for a like-for-like fp32 baseline on any device.
     `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation, compute in that
-    dtype). Weights are read from safetensors only and no remote code is ever run.
+    dtype); on Apple silicon it is placed on the CPU (`labkit.env.nf4_device`). Weights are read
+    from safetensors only and no remote code is ever run.
     """
     from transformers import AutoModelForCausalLM
 
     spec = get_spec(name)
-    dev = device or env.device()
-    dtype = env.compute_dtype(dev)
+    dev = _quantized_device(quantization, device or env.device())
+    dtype = dtype or env.compute_dtype(dev)
     qconfig = _quantization_config(quantization, dev, dtype)
     if spec.embedded:
         source = str(ensure_cached(spec.name))

@@ -123,6 +123,38 @@ def records_to_dataset(records: Sequence[dict]):
 # Configuration
 
 
+def device_training_kwargs(dev: str | None = None) -> dict[str, Any]:
+    """The TrainingArguments keywords that depend on the device (shared by SFT and DPO configs).
+
+    CPU → fp32, `use_cpu`; CUDA with bf16 → bf16 autocast; CUDA without bf16 (a T4, or LABKIT_GPU=t4)
+    → fp16 autocast with fp32 master weights, gradient checkpointing (`labkit.env.gradient_checkpointing`,
+    the one rule) and paged 8-bit AdamW. Apple MPS → fp32 (see `labkit.env.compute_dtype`).
+    """
+    dev = dev or env.device()
+    gc = checkpointing_key()
+    kw: dict[str, Any] = {"optim": "adamw_torch", "bf16": False, "fp16": False, gc: env.gradient_checkpointing(dev)}
+    if dev == "cpu":
+        kw["use_cpu"] = True
+    elif dev == "cuda" and env.cuda_supports_bf16():
+        kw["bf16"] = True
+    elif dev == "cuda":
+        kw.update(fp16=True, optim="paged_adamw_8bit")
+    return kw
+
+
+def _with_checkpointing_kwargs(kw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply `overrides` (either checkpointing spelling accepted); checkpoint with use_reentrant=False,
+    the variant that works when the inputs carry no gradient (a frozen base under LoRA, and DDP)."""
+    gc = checkpointing_key()
+    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
+        if old in overrides and gc != old:
+            overrides[old.replace("gradient", "activation")] = overrides.pop(old)
+    kw.update(overrides)
+    if kw[gc] and f"{gc}_kwargs" not in kw:
+        kw[f"{gc}_kwargs"] = {"use_reentrant": False}
+    return kw
+
+
 def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: float = 2,
                       learning_rate: float = 2e-4, batch_size: int = 8, max_length: int = 256,
                       has_val: bool = True, early_stopping_patience: int | None = None,
@@ -131,63 +163,36 @@ def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: flo
                       progress: bool = True, **overrides) -> dict:
     """Every SFTConfig keyword labkit sets, in one place → a dict (`SFTConfig(**kwargs)`).
 
-    Device defaults: CPU → fp32, no gradient (activation) checkpointing, length-grouped batches;
-    CUDA with bf16 → bf16; CUDA without bf16 (T4) → fp16, gradient checkpointing, paged 8-bit AdamW.
-    `overrides` win over everything (any SFTConfig field).
+    Device defaults come from `device_training_kwargs`; CPU batches are grouped by length (less
+    padding). `warmup_ratio` is the fraction of all steps spent warming up; transformers 5 takes it
+    through `warmup_steps` (a float in [0, 1) is read as that fraction). `overrides` win over
+    everything (any SFTConfig field).
     """
-    dev = device or env.device()
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={warmup_ratio} must be a fraction of the training steps in [0, 1), "
+                         "e.g. 0.1 for the first 10%. For an exact number of steps pass warmup_steps=N.")
     kw: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        max_grad_norm=max_grad_norm,
-        warmup_steps=warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        lr_scheduler_type=lr_scheduler,
-        weight_decay=weight_decay,
-        seed=seed,
-        data_seed=seed,
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm,
+        warmup_steps=warmup_ratio,  # the fraction, as transformers 5 spells it (see the docstring)
+        lr_scheduler_type=lr_scheduler, weight_decay=weight_decay, seed=seed, data_seed=seed,
         max_length=max_length,
         completion_only_loss=True,  # loss on the answer only; TRL appends EOS to the completion
-        logging_strategy="steps",
-        logging_steps=1,
-        logging_first_step=True,
-        save_strategy="epoch",
-        save_total_limit=2,
-        eval_strategy="epoch" if has_val else "no",
-        report_to="none",
-        disable_tqdm=not progress,
-        include_num_input_tokens_seen="non_padding",
+        logging_strategy="steps", logging_steps=1, logging_first_step=True,
+        save_strategy="epoch", save_total_limit=2, eval_strategy="epoch" if has_val else "no",
+        report_to="none", disable_tqdm=not progress, include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length",  # batches of similar length: less padding
         dataloader_num_workers=0,
-        optim="adamw_torch",
-        bf16=False,
-        fp16=False,
+        **device_training_kwargs(device),
     )
-    gc = checkpointing_key()
-    kw[gc] = False
     if has_val:
         kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
     if early_stopping_patience is not None:
         if not has_val:
             raise ValueError("early_stopping_patience needs a validation set: pass val=... records.")
         kw["load_best_model_at_end"] = True
-    if dev == "cpu":
-        kw["use_cpu"] = True
-    elif dev == "cuda":
-        if env.cuda_supports_bf16():
-            kw["bf16"] = True
-        else:  # T4: no bf16; fp16 mixed precision, and trade compute for memory
-            kw.update({"fp16": True, gc: True, "optim": "paged_adamw_8bit"})
-    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):  # accept either spelling
-        if old in overrides and gc != old:
-            overrides[old.replace("gradient", "activation")] = overrides.pop(old)
-    kw.update(overrides)
-    if kw[gc] and f"{gc}_kwargs" not in kw:
-        kw[f"{gc}_kwargs"] = {"use_reentrant": False}  # the variant that works with frozen inputs (LoRA)
-    return kw
+    return _with_checkpointing_kwargs(kw, overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,18 +322,30 @@ def _attach_lora(model, lora):
     """lora: None (train as is), a dict of labkit.lora.add_lora keywords, or a peft LoraConfig."""
     if lora is None:
         return model
+    from peft import PeftConfig
+
+    from labkit.lora import add_lora, attach_lora
+
     if isinstance(lora, dict):
-        from labkit.lora import add_lora
-
         return add_lora(model, **lora)
-    from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
-
     if not isinstance(lora, PeftConfig):
         raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
                         f"not {type(lora).__name__}.")
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=env.device() == "cuda")
-    return get_peft_model(model, lora)
+    return attach_lora(model, lora)
+
+
+def _fp32_master_weights(model) -> int:
+    """Cast every trainable fp16/bf16 parameter to fp32 → how many were cast.
+
+    Mixed precision keeps the weights being trained in fp32 and computes in fp16/bf16 (autocast):
+    fp16 weights cannot hold small updates, and the fp16 gradient scaler refuses them ("Attempting
+    to unscale FP16 gradients"). A T4 loads the base in fp16, so full fine-tuning needs this; LoRA
+    adapters are already fp32 (PEFT), and frozen weights stay as loaded.
+    """
+    cast = [p for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)]
+    for p in cast:
+        p.data = p.data.float()
+    return len(cast)
 
 
 def _is_peft(model) -> bool:
@@ -366,22 +383,45 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
 
     lora: None trains the model as given (its adapters if it already is a PeftModel, else every
     weight: full fine-tuning); a dict is passed to labkit.lora.add_lora; a peft LoraConfig is
-    applied with get_peft_model. batch_size defaults to the course profile's. Validation loss is
-    measured before training and after each epoch; checkpoints go to output_dir (default: a fresh
-    temporary folder); resume=True continues from its last checkpoint. Any SFTConfig field can be
-    overridden by keyword (e.g. gradient_checkpointing=True).
+    applied with labkit.lora.attach_lora. batch_size defaults to the course profile's. Validation
+    loss is measured before training and after each epoch; checkpoints go to output_dir (default:
+    a fresh temporary folder); resume=True continues from its last checkpoint. Any SFTConfig field
+    can be overridden by keyword (e.g. gradient_checkpointing=True).
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    validate_records(train, "train")
-    if val is not None and len(val) > 0:
-        validate_records(val, "val")
-        if len(val) > len(train):
-            raise ValueError(f"The val set ({len(val)} records) is larger than the train set ({len(train)}). "
-                             "Swapped arguments? Validation needs only a few records; put most of them in train.")
-    else:
-        val = None
+    val = _checked_val(train, val)
     batch_size = batch_size or env.course_profile().batch_size
+    _check_run_arguments(train, tokenizer, batch_size, resume, output_dir)
+    env.set_seed(seed)
+    model = _trainable_model(model, lora)
+    out, checkpoint = _output_dir(output_dir, resume)
+    dev = env.device()
+    kwargs = sft_config_kwargs(
+        str(out), device=dev, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        max_length=max_length, has_val=val is not None, early_stopping_patience=early_stopping_patience,
+        max_grad_norm=max_grad_norm, warmup_ratio=warmup_ratio, lr_scheduler=lr_scheduler,
+        weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps, seed=seed,
+        progress=progress, **overrides)
+    run = _Run(SFTConfig(**kwargs), out, checkpoint, batch_size, max_length, plot, progress,
+               [*callbacks, *_early_stopping(early_stopping_patience)])
+    with no_repacking(model), trl_fused_head_labelled_only(dev):
+        return run.train(lambda cbs: _sft_trainer(model, tokenizer, train, val, run.config, cbs))
+
+
+def _checked_val(train: Sequence[dict], val: Sequence[dict] | None) -> Sequence[dict] | None:
+    """Validate both sets with the one record validator; an empty val set means none."""
+    validate_records(train, "train")
+    if val is None or len(val) == 0:
+        return None
+    validate_records(val, "val")
+    if len(val) > len(train):
+        raise ValueError(f"The val set ({len(val)} records) is larger than the train set ({len(train)}). "
+                         "Swapped arguments? Validation needs only a few records; put most of them in train.")
+    return val
+
+
+def _check_run_arguments(train: Sequence[dict], tokenizer, batch_size: int, resume: bool, output_dir) -> None:
     if batch_size > len(train):
         raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(train)} records), so "
                          f"one batch would be the whole set. Pass batch_size={max(1, len(train) // 4)} or fewer, "
@@ -391,69 +431,105 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; load it with labkit.models.load_model().")
 
-    env.set_seed(seed)
+
+def _trainable_model(model, lora):
+    """Attach LoRA if asked, insist on something to train, and keep trainable weights in fp32."""
     model = _attach_lora(model, lora)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameters (all requires_grad=False). Pass lora={...} "
                          "to add adapters, or unfreeze the weights you mean to train.")
+    _fp32_master_weights(model)
+    return model
+
+
+def _output_dir(output_dir, resume: bool) -> tuple[Path, Path | None]:
+    """The run folder (a fresh temporary one by default) and, with resume, its last checkpoint."""
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-train-"))
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = _last_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         print(f"resume=True but {out} has no checkpoint yet: starting from the beginning.")
-    dev = env.device()
-    kwargs = sft_config_kwargs(
-        str(out), device=dev, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        max_length=max_length, has_val=val is not None, early_stopping_patience=early_stopping_patience,
-        max_grad_norm=max_grad_norm, warmup_ratio=warmup_ratio, lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps, seed=seed,
-        progress=progress, **overrides)
-    config = SFTConfig(**kwargs)
+    return out, checkpoint
 
-    meter = ThroughputMeter()
-    cbs: list[TrainerCallback] = [GradientCheck(allow_nonfinite=bool(kwargs.get("fp16"))), meter, *callbacks]
-    if early_stopping_patience is not None:
-        from transformers import EarlyStoppingCallback
 
-        cbs.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+def _early_stopping(patience: int | None) -> list[TrainerCallback]:
+    if patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
 
-    start = time.perf_counter()
+    return [EarlyStoppingCallback(early_stopping_patience=patience)]
+
+
+def _sft_trainer(model, tokenizer, train, val, config, callbacks):
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=model, args=config, train_dataset=records_to_dataset(train),
+                      eval_dataset=records_to_dataset(val) if val is not None else None,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+@dataclass
+class _Run:
+    """What any labkit trainer run shares: guards, throughput, pre-training validation, the live
+    plot, resume and the History it returns. `train(make_trainer)` builds the TRL trainer with
+    the run's callbacks and trains it."""
+
+    config: Any
+    out: Path
+    checkpoint: Path | None
+    batch_size: int
+    max_length: int
+    plot: bool
+    progress: bool
+    callbacks: list[TrainerCallback]
+
+    def train(self, make_trainer) -> History:
+        meter = ThroughputMeter()
+        allow_nonfinite = bool(getattr(self.config, "fp16", False))  # fp16 loss scaling may skip a first step
+        trainer = make_trainer([GradientCheck(allow_nonfinite=allow_nonfinite), meter, *self.callbacks])
+        if not self.progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # progress=False means quiet
+        start = time.perf_counter()
+        _reset_peak_memory()
+        has_val = trainer.eval_dataset is not None
+        val0 = _pre_training_val_loss(trainer, self.out, self.checkpoint) if has_val else None
+        live = self._live_plot(trainer, val0)
+        try:
+            trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        except torch.OutOfMemoryError as exc:
+            raise RuntimeError(_oom_message(exc, self.batch_size, self.max_length)) from exc
+        h = history_from_log(trainer.state.log_history, val0)
+        h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, _peak_memory_mb()
+        h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
+        h.output_dir, h.model = str(self.out), trainer.model
+        h.model.eval()
+        if live is not None:
+            live.update(h, final=True)
+        return h
+
+    def _live_plot(self, trainer, val0: float | None):
+        if not self.plot:
+            return None
+        from labkit.plots import LiveLossPlot
+
+        live = LiveLossPlot()
+        live.update(History(val_loss=[val0] if val0 is not None else []))
+        trainer.add_callback(_LivePlotCallback(live, val0))
+        return live
+
+
+def _reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     else:
         reset_peak_rss()
-    live = None
-    with no_repacking(model), trl_fused_head_labelled_only(dev):
-        trainer = SFTTrainer(model=model, args=config, train_dataset=records_to_dataset(train),
-                             eval_dataset=records_to_dataset(val) if val is not None else None,
-                             processing_class=tokenizer, callbacks=cbs)
-        if not progress:
-            from transformers.trainer_callback import PrinterCallback
 
-            trainer.remove_callback(PrinterCallback)  # progress=False means quiet
-        val0 = _pre_training_val_loss(trainer, out, checkpoint) if val is not None else None
-        if plot:
-            from labkit.plots import LiveLossPlot
 
-            live = LiveLossPlot()
-            live.update(History(val_loss=[val0] if val0 is not None else []))
-            trainer.add_callback(_LivePlotCallback(live, val0))
-        try:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except torch.OutOfMemoryError as exc:
-            raise RuntimeError(_oom_message(exc, batch_size, max_length)) from exc
-
-    h = history_from_log(trainer.state.log_history, val0)
-    h.tokens_per_sec = meter.tokens_per_sec
-    h.peak_memory_mb = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb())
-    h.wall_seconds = time.perf_counter() - start
-    h.steps = trainer.state.global_step
-    h.output_dir = str(out)
-    h.model = trainer.model
-    h.model.eval()
-    if live is not None:
-        live.update(h, final=True)
-    return h
+def _peak_memory_mb() -> float:
+    """CUDA: peak allocated; elsewhere: the process's peak resident set."""
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
 
 
 def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float:

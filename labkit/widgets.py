@@ -5,9 +5,9 @@ Each function returns one ipywidgets box whose parts are attributes (`.checkbox_
 button's `.click()`) and the box's callback updates its result text.
 
 Works with ipywidgets 7.7 (what Colab ships) and 8.x: only APIs common to both are used (no
-`tooltip`/`description_tooltip`, no layout templates). Only ipywidgets is imported here; the labkit
-modules behind each widget (decide, quiz, lora, memory, transformers configs) are imported when a
-widget is built or updated, so importing this module stays light.
+`tooltip`/`description_tooltip`, no layout templates). Constants come from labkit.shapes
+(torch-free, shared with labkit.lora and labkit.memory); the estimators, decide, quiz and
+transformers are imported when a widget is built or updated, so importing this module stays light.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import html
 from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
+
+from labkit.shapes import ALL_LINEAR_TARGETS, COURSE_MODEL_SHAPE, DEFAULT_TARGETS, PRESETS
 
 _WIDE = {"description_width": "initial"}
 
@@ -72,23 +74,16 @@ def decision_helper() -> DecisionHelper:
 
 # ---------------------------------------------------------------- LoRA calculator
 
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+TARGET_MODULES = ALL_LINEAR_TARGETS
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-# Llama-architecture shapes. SmolLM2-135M's numbers are those of its config.json (tests compare them
-# with the cached model's); 7B and 70B are Llama-2's published shapes. Built as transformers configs
-# on demand, so nothing is downloaded.
+# Llama-architecture shapes, from labkit.shapes: the course model's (tests compare it with the cached
+# config.json) and Llama-2's published 7B and 70B. Built as transformers configs on demand, so
+# nothing is downloaded.
 MODEL_SHAPES: dict[str, dict] = {
-    "SmolLM2-135M (course model)": dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, vocab_size=49152, head_dim=64, tie_word_embeddings=True),
-    "Llama-style 7B": dict(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
-    "Llama-style 70B": dict(
-        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-        num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    "SmolLM2-135M (course model)": COURSE_MODEL_SHAPE,
+    "Llama-style 7B": PRESETS["llama-2-7b"],
+    "Llama-style 70B": PRESETS["llama-2-70b"],
 }
 
 

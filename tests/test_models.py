@@ -1,5 +1,6 @@
 """labkit.models: registry, errors, cache robustness, and (slow) the real embedded model."""
 
+import json
 import socket
 
 import pytest
@@ -24,8 +25,49 @@ def test_missing_wheel_gives_the_install_command(monkeypatch):
 def test_bad_quantization_is_a_clear_error():
     with pytest.raises(models.ModelError, match="'nf4' or 'int8'"):
         models._quantization_config("int3", "cpu", torch.float32)
-    with pytest.raises(models.ModelError, match="MPS"):
-        models._quantization_config("nf4", "mps", torch.float32)
+
+
+def test_nf4_on_apple_silicon_goes_to_the_cpu_with_one_line_why(capsys):
+    assert models._quantized_device("nf4", "mps") == "cpu"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "runs on the CPU" in out and "MPS" in out
+    assert models._quantized_device(None, "mps") == "mps"
+    assert models._quantized_device("nf4", "cuda") == "cuda"
+    assert capsys.readouterr().out == ""
+
+
+def test_two_processes_converting_the_cache_take_turns(tmp_path, monkeypatch):
+    """The second converter waits on the lock and then finds the finished cache (no os.replace race)."""
+    import threading
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_convert(spec, folder, verbose):
+        calls.append(threading.current_thread().name)
+        folder.mkdir(parents=True)
+        (folder / "model.bin").write_text("x")
+        (folder / models._MARKER).write_text(json.dumps({"format": models._CACHE_FORMAT,
+                                                          "files": {"model.bin": 1}}))
+
+    monkeypatch.setattr(models, "_convert_embedded", fake_convert)
+    threads = [threading.Thread(target=models.ensure_cached, name=f"t{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert models._cache_is_complete(tmp_path / "smollm2-135m")
+
+
+def test_unexpected_errors_in_the_cache_check_are_not_swallowed(tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / models._MARKER).write_text("{not json")
+    assert models._cache_is_complete(folder) is False  # a corrupt marker: rebuild
+    monkeypatch.setattr(models.json, "loads", lambda _: (_ for _ in ()).throw(MemoryError("boom")))
+    with pytest.raises(MemoryError):
+        models._cache_is_complete(folder)
 
 
 def test_hub_model_offline_is_refused_without_network(monkeypatch):
@@ -131,3 +173,14 @@ def test_load_model_never_uses_remote_code_or_pickles(monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     models.load_model()
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_hub_model_on_gpu_when_online_embedded_when_offline(monkeypatch, capsys):
+    monkeypatch.setenv("LABKIT_MODEL", "smollm2-360m")
+    monkeypatch.setattr(models.env, "is_offline", lambda: False)
+    assert models.choose_model() == "smollm2-360m"
+    monkeypatch.setattr(models.env, "is_offline", lambda: True)
+    assert models.choose_model() == "smollm2-135m"
+    assert "offline" in capsys.readouterr().out
+    monkeypatch.delenv("LABKIT_MODEL")
+    assert models.choose_model() == "smollm2-135m"

@@ -276,7 +276,7 @@ def test_gradient_check_fires_on_detached_lora_layer(tiny, tmp_path):
 
 
 def test_gradient_check_fires_on_packed_nf4_layer():
-    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
     torch.manual_seed(0)
