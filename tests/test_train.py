@@ -1,6 +1,7 @@
 """labkit.train: config per device, clear errors, History, the gradient check, resume, the NF4 trap."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -173,7 +174,8 @@ def test_plot_losses_draws_each_history():
 def test_prompt_masked_and_eos_is_last_label(tiny, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
-    model, tok = tiny
+    _, tok = tiny
+    model = _fresh_tiny()  # SFTTrainer patches the model it gets (TRL's fused LM head): not the shared one
     recs = _records(4)
     cfg = SFTConfig(**sft_config_kwargs(str(tmp_path), device="cpu", batch_size=2, has_val=False))
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=T.records_to_dataset(recs), processing_class=tok)
@@ -412,3 +414,42 @@ def test_packed_nf4_blocks_lora_gradients():
     peft_model.zero_grad()
     peft_model(**batch, labels=batch["input_ids"]).loss.backward()
     T.check_first_step_gradients(peft_model)  # every lora_B has a gradient again
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision: fp32 master weights, whatever dtype the model was loaded in
+
+
+def test_full_fine_tuning_of_an_fp16_model_trains_fp32_master_weights(tiny, tmp_path):
+    """A T4 loads the base in fp16; full fine-tuning must not train fp16 weights ("Attempting to
+    unscale FP16 gradients"). train_sft keeps every trainable weight in fp32; here on the CPU."""
+    _, tok = tiny
+    model = _fresh_tiny().half()
+    h = train_sft(model, tok, _records(8), batch_size=4, epochs=1, learning_rate=1e-3, plot=False,
+                  progress=False, output_dir=tmp_path)
+    assert all(p.dtype == torch.float32 for p in h.model.parameters() if p.requires_grad)
+    assert h.steps == 2 and all(math.isfinite(x) for x in h.train_loss)
+
+
+def test_lora_adapters_stay_fp32_on_an_fp16_base():
+    from labkit.lora import add_lora
+
+    peft_model = add_lora(_fresh_tiny().half(), r=4)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert T._fp32_master_weights(peft_model) == 0
+
+
+def test_t4_mode_gives_the_t4_config_on_any_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert sft_config_kwargs("out")["bf16"] is True
+    monkeypatch.setenv("LABKIT_GPU", "t4")
+    kw = sft_config_kwargs("out")
+    assert kw["fp16"] is True and kw["bf16"] is False and kw[GC] is True and kw["optim"] == "paged_adamw_8bit"
+
+
+def test_warmup_ratio_must_be_a_fraction():
+    assert sft_config_kwargs("out", device="cpu", warmup_ratio=0.25)["warmup_steps"] == 0.25
+    with pytest.raises(ValueError, match=r"warmup_ratio=5 must be a fraction.*warmup_steps=N"):
+        sft_config_kwargs("out", device="cpu", warmup_ratio=5)
