@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from labkit import tables
+
 FINE_TUNE_MIN_EXAMPLES = 500
 """The course's rule of thumb: below this many good examples, fine-tuning is rarely worth it."""
 
@@ -107,15 +109,7 @@ def comparison_table() -> list[dict[str, str]]:
 
 def format_table(rows: list[dict[str, str]] | None = None) -> str:
     """Rows of dicts as an aligned plain-text table (prints the same everywhere, unlike HTML)."""
-    rows = comparison_table() if rows is None else rows
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    line = lambda cells: " | ".join(str(v).ljust(widths[c]) for c, v in zip(cols, cells, strict=True))  # noqa: E731
-    out = [line(cols), "-+-".join("-" * widths[c] for c in cols)]
-    out += [line([r.get(c, "") for c in cols]) for r in rows]
-    return "\n".join(s.rstrip() for s in out)
+    return tables.format_table(comparison_table() if rows is None else rows, sep=" | ", rule="-+-")
 
 
 def break_even_queries(training_cost: float, cost_per_query_before: float, cost_per_query_after: float) -> int:

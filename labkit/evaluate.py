@@ -24,6 +24,7 @@ import torch
 from labkit.data import validate_records
 from labkit.models import eval_mode
 from labkit.probe import ProbeResult, general_probe, load_probe, mean_kl  # noqa: F401 - re-exported
+from labkit.tables import format_table
 
 __all__ = [
     "generate", "exact_match", "json_validity", "field_scores", "EvalResult", "evaluate_records",
@@ -244,19 +245,14 @@ class Table:
             return f"{value * 100:{sign}.1f}%"
         return f"{value:{sign}.3f}"
 
+    def _cell(self, col: str, value) -> str:
+        return self._fmt(col, value, signed=col.startswith(("change", "Δ", "gain", "drop")))
+
     def _cells(self) -> list[list[str]]:
-        return [[self._fmt(c, r.get(c), signed=c.startswith(("change", "Δ", "gain", "drop")))
-                 for c in self.columns] for r in self.rows]
+        return [[self._cell(c, r.get(c)) for c in self.columns] for r in self.rows]
 
     def __str__(self) -> str:
-        cells = self._cells()
-        widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(self.columns)]
-        lines = [self.title] if self.title else []
-        lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)))
-        lines.append("  ".join("-" * w for w in widths))
-        for row in cells:
-            lines.append("  ".join(v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(row, widths, strict=True))))
-        return "\n".join(lines)
+        return format_table(self.rows, self.columns, fmt=self._cell, rule="  ", right_align=True, title=self.title)
 
     __repr__ = __str__
 

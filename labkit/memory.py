@@ -16,6 +16,7 @@ from pathlib import Path
 
 from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
 from labkit.shapes import COURSE_MODEL_SHAPE, PRESETS  # noqa: F401 - re-exported: lessons read them here
+from labkit.tables import format_table
 
 GB = 1e9
 # QLoRA paper (Dettmers et al. 2023): NF4 stores 4 bits per weight; one fp32 absmax per 64 weights adds
@@ -274,12 +275,7 @@ def hardware_table(presets: Sequence[str] = ("llama-3.2-3b", "llama-3-8b", "llam
 
 def format_rows(rows: list[dict]) -> str:
     """Plain-text table of row dicts (same keys), for printing in a notebook."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    cells = [[str(k) for k in keys]] + [[_fmt(r[k]) for k in keys] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return format_table(rows, fmt=lambda _, v: _fmt(v))
 
 
 def _fmt(v) -> str:

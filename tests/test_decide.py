@@ -109,3 +109,13 @@ def test_check_choose_friendly_on_bad_returns(capsys):
     with pytest.raises(NotImplementedError):  # an unfilled exercise stops with its own message
         check_choose(lambda f, b, n: (_ for _ in ()).throw(NotImplementedError("Your turn")))
     assert check_choose(lambda f, b, n: _reference(f, b, n).lower())  # case doesn't matter
+
+
+def test_the_one_table_renderer_aligns_and_rules():
+    from labkit.tables import format_table as render
+
+    rows = [{"name": "a", "n": 1}, {"name": "long", "n": 100}]
+    assert render(rows) == "name  n\na     1\nlong  100"
+    assert render(rows, sep=" | ", rule="-+-") == "name | n\n-----+----\na    | 1\nlong | 100"
+    assert render(rows, rule="  ", right_align=True, title="T") == "T\nname  n\n----  ---\na       1\nlong  100"
+    assert render([]) == ""
