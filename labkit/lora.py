@@ -368,7 +368,7 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
         peft_model.save_pretrained(tmp, safe_serialization=True)
         try:
             reference = PeftModel.from_pretrained(base, tmp)
-        except Exception as exc:  # noqa: BLE001 - shape mismatches and missing keys, explained
+        except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatches, unknown target layers
             raise LoRAError(f"The adapter does not fit the base model {_name(base_source)}: {exc}\n"
                             "Merge into the same base architecture you trained on.") from exc
     reference_logits = _logits(reference, batches)

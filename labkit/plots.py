@@ -115,7 +115,10 @@ def plot_memory(estimates, measured=None, unit: str = "GB", ax=None):
     black marker on the bar with the same label (e.g. the measured weight footprint), so estimate and
     reality sit side by side. unit "GB" or "MB".
     """
-    scale = {"GB": 1.0, "MB": 1000.0}[unit]
+    scales = {"GB": 1.0, "MB": 1000.0}
+    if unit not in scales:
+        raise ValueError(f"unit={unit!r} is not supported: use one of {', '.join(scales)}.")
+    scale = scales[unit]
     labels = list(estimates)
     parts = (("weights", "weights_gb"), ("gradients", "gradients_gb"), ("optimizer", "optimizer_gb"),
              ("activations (rough)", "activations_gb"))

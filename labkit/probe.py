@@ -39,8 +39,11 @@ def load_probe(path: str | Path = PROBE_PATH) -> list[dict]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            item = json.loads(line)
-            ok = (isinstance(item.get("question"), str) and isinstance(item.get("options"), list)
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg}, column {exc.colno}).") from None
+            ok = isinstance(item, dict) and (isinstance(item.get("question"), str) and isinstance(item.get("options"), list)
                   and 2 <= len(item["options"]) <= 4 and isinstance(item.get("answer"), int)
                   and 0 <= item["answer"] < len(item["options"]))
             if not ok:

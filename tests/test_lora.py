@@ -207,3 +207,22 @@ def test_count_parameters_and_merge_on_real_nf4_model():
     report = merge_and_verify(peft_model, "smollm2-135m", tokenizer=tok)
     assert report.ok and report.source_quantized
     assert report.max_abs_diff < 1e-3 < report.source_diff  # NF4 base ≠ fp32 base: information only
+
+
+def test_merge_reports_a_misfit_adapter_but_passes_other_errors_through(tiny, monkeypatch):
+    import peft
+
+    model, tok = tiny
+    peft_model = add_lora(copy.deepcopy(model), r=4)
+
+    def raiser(exc):
+        def load(*a, **k):
+            raise exc
+        return load
+
+    monkeypatch.setattr(peft.PeftModel, "from_pretrained", raiser(RuntimeError("size mismatch for lora_A")))
+    with pytest.raises(LoRAError, match="does not fit the base model.*size mismatch"):
+        merge_and_verify(peft_model, copy.deepcopy(model), tokenizer=tok)
+    monkeypatch.setattr(peft.PeftModel, "from_pretrained", raiser(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        merge_and_verify(peft_model, copy.deepcopy(model), tokenizer=tok)

@@ -112,3 +112,12 @@ def test_plot_memory_stacks_the_four_piles_and_marks_measured():
     assert top == pytest.approx(est["full"].total_gb)
     with pytest.raises(ValueError, match="measured has"):
         plot_memory(est, measured={"lora": 1.0})
+
+
+def test_plot_memory_names_a_bad_unit():
+    from labkit.memory import estimate_training_memory, preset_config
+    from labkit.plots import plot_memory
+
+    est = {"full": estimate_training_memory(preset_config("llama-3.2-1b"), method="full")}
+    with pytest.raises(ValueError, match="unit='TB' is not supported: use one of GB, MB"):
+        plot_memory(est, unit="TB")

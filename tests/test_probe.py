@@ -103,3 +103,14 @@ def test_evaluate_reexports_the_probe():
     from labkit import evaluate
 
     assert evaluate.general_probe is probe.general_probe and evaluate.ProbeResult is probe.ProbeResult
+
+
+def test_a_bad_probe_line_is_named_by_number(tmp_path):
+    path = tmp_path / "probe.jsonl"
+    good = '{"question": "2+2?", "options": ["4", "5"], "answer": 0}'
+    path.write_text(good + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=r"probe.jsonl, line 3: not valid JSON"):
+        probe.load_probe(path)
+    path.write_text(good + '\n["a list"]\n')
+    with pytest.raises(ValueError, match=r"line 2: a probe item needs"):
+        probe.load_probe(path)
