@@ -85,6 +85,29 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
     return out  # type: ignore[return-value]
 
 
+def answer_loss(model, tokenizer, records: Sequence[dict]) -> float:
+    """Mean loss of each record's reference answer given its prompt (prompt tokens masked), per record.
+
+    Where generation asks "what does the model say?", this asks "how surprised is it by the right
+    answer?": finer-grained, and it needs no decoding. Inputs go to the model's device; only the
+    scalar comes back. Prompts that do not end in a newline warn about token merging: silenced,
+    since lesson 06 does that on purpose.
+    """
+    import warnings
+
+    from labkit.data import tokenize_with_labels
+
+    validate_records(records, "answer_loss")
+    device = next(model.parameters()).device
+    losses = []
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in records:
+            enc = {k: torch.tensor([v], device=device) for k, v in tokenize_with_labels(r, tokenizer).items()}
+            losses.append(float(model(**enc).loss))
+    return sum(losses) / len(losses)
+
+
 # ------------------------------------------------------------------------------------------------
 # Metrics (pure functions: easy to test, easy to read)
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from labkit import evaluate as ev
 
@@ -158,3 +159,21 @@ def test_plot_forgetting_draws_two_bars_per_method():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["full FT", "LoRA"]
     with pytest.raises(ValueError, match="probe_drop"):
         plot_forgetting([{"method": "x", "task_gain": 0.1}])
+
+
+def test_answer_loss_matches_a_hand_computed_masked_loss(tiny):
+    from labkit.data import tokenize_with_labels
+    from labkit.evaluate import answer_loss
+
+    model, tok = tiny
+    recs = [{"prompt": "Q: 2+2?\nA:", "completion": " 4"}, {"prompt": "Q: capital of France?\nA:", "completion": " Paris"}]
+    expected = []
+    for r in recs:
+        enc = tokenize_with_labels(r, tok)
+        logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :-1]
+        labels = torch.tensor(enc["labels"][1:])
+        keep = labels != -100
+        expected.append(float(torch.nn.functional.cross_entropy(logits[keep], labels[keep])))
+    assert answer_loss(model, tok, recs) == pytest.approx(sum(expected) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="answer_loss record 0 has no 'completion'"):
+        answer_loss(model, tok, [{"prompt": "x"}])
