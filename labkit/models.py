@@ -87,7 +87,8 @@ def cache_dir() -> Path:
 def get_spec(name: str) -> ModelSpec:
     if name not in REGISTRY:
         known = ", ".join(f"{n!r} ({s.description})" for n, s in REGISTRY.items())
-        raise ModelError(f"Unknown course model {name!r}. Available: {known}.")
+        raise ModelError(f"Unknown course model {name!r} (and no such folder). Available: {known}; or the "
+                         "path of a folder saved with save_pretrained.")
     return REGISTRY[name]
 
 
@@ -275,7 +276,8 @@ def bnb_kwargs(quantization: str, dtype: torch.dtype) -> dict:
 
 def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None,
                dtype: torch.dtype | None = None):
-    """Load a course model and its tokenizer → (model, tokenizer).
+    """Load a course model (a registry name, or a local folder saved by save_pretrained) and its
+    tokenizer → (model, tokenizer).
 
     dtype defaults to `labkit.env.compute_dtype()` (fp32 on CPU and Apple MPS, fp16 on a T4, bf16 on
     Ampere+); pass `dtype=torch.float32` for a like-for-like fp32 baseline on any device.
@@ -285,18 +287,10 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     """
     from transformers import AutoModelForCausalLM
 
-    spec = get_spec(name)
     dev = _quantized_device(quantization, device or env.device())
     dtype = dtype or env.compute_dtype(dev)
     qconfig = _quantization_config(quantization, dev, dtype)
-    if spec.embedded:
-        source = str(ensure_cached(spec.name))
-    else:
-        if env.is_offline():
-            raise ModelError(f"{name!r} comes from the Hugging Face Hub, and this machine is offline "
-                             f"(or HF_HUB_OFFLINE is set). Use the embedded {DEFAULT_MODEL!r} instead.")
-        source = spec.hub_id
-    tok = load_tokenizer(name) if not spec.embedded else _tokenizer_from(source)
+    source, tok = _source_and_tokenizer(name)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -316,6 +310,20 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
         model.generation_config.eos_token_id = tok.eos_token_id
     model.eval()
     return model, tok
+
+
+def _source_and_tokenizer(name: str):
+    """A registry name or a local model folder → (what from_pretrained reads, the tokenizer)."""
+    if Path(name).is_dir():
+        return str(name), _tokenizer_from(str(name))
+    spec = get_spec(name)
+    if spec.embedded:
+        source = str(ensure_cached(spec.name))
+        return source, _tokenizer_from(source)
+    if env.is_offline():
+        raise ModelError(f"{name!r} comes from the Hugging Face Hub, and this machine is offline "
+                         f"(or HF_HUB_OFFLINE is set). Use the embedded {DEFAULT_MODEL!r} instead.")
+    return spec.hub_id, load_tokenizer(name)
 
 
 def _tokenizer_from(folder: str):
@@ -339,6 +347,18 @@ def available_models(local_only: bool = False) -> list[str]:
         elif not local_only and not env.is_offline():
             names.append(name)
     return names
+
+
+def save_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+    """Save `tiny_model()` and its tokenizer to `folder` → the folder (loadable with load_model).
+
+    Small (a few MB) and self-contained: the GPU check carries it to a machine with no course model.
+    """
+    model, tok = tiny_model(seed)
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder
 
 
 def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):

@@ -487,6 +487,10 @@ class _Run:
         meter = ThroughputMeter()
         allow_nonfinite = bool(getattr(self.config, "fp16", False))  # fp16 loss scaling may skip a first step
         trainer = make_trainer([GradientCheck(allow_nonfinite=allow_nonfinite), meter, *self.callbacks])
+        if getattr(self.config, "fp16", False):
+            # TRL casts QLoRA adapters to bf16 (its QLoRA recipe, for bf16 GPUs). fp16 mixed precision on a
+            # T4 has no bf16: keep the trainable weights fp32 there (tests/test_drift.py watches the cast).
+            _fp32_master_weights(trainer.model)
         if not self.progress:
             from transformers.trainer_callback import PrinterCallback
 

@@ -20,3 +20,19 @@ def smol():
     from labkit.models import load_model
 
     return load_model()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one, run by `make gpu-check`")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CPU CI never runs GPU tests: without CUDA they are skipped with the command that runs them."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run `make gpu-check` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -180,3 +180,24 @@ def test_peft_keywords_labkit_passes():
     assert_accepts(peft.prepare_model_for_kbit_training, {"model": None, "use_gradient_checkpointing": False},
                    "peft.prepare_model_for_kbit_training")
     assert hasattr(peft.PeftModel, "from_pretrained") and hasattr(peft.tuners.lora.LoraModel, "merge_and_unload")
+
+
+def test_trl_casts_qlora_adapters_to_bf16_and_labkit_can_undo_it(tmp_path):
+    """TRL 1.x's SFTTrainer casts a quantized model's LoRA weights to bf16. labkit undoes that under
+    fp16 mixed precision (a T4: no bf16) with train._fp32_master_weights. If TRL stops casting, this
+    fails: then labkit's undo step can go."""
+    from trl import SFTConfig, SFTTrainer
+
+    from labkit import models
+    from labkit.lora import add_lora
+    from labkit.train import _fp32_master_weights, records_to_dataset, sft_config_kwargs
+
+    folder = models.save_tiny_model(tmp_path / "tiny")
+    model, tok = models.load_model(str(folder), quantization="nf4")
+    peft_model = add_lora(model, r=4)
+    recs = [{"prompt": "Q: 1+1?\nA:", "completion": " 2"}] * 4
+    cfg = SFTConfig(**sft_config_kwargs(str(tmp_path / "out"), device="cpu", batch_size=2, has_val=False))
+    trainer = SFTTrainer(model=peft_model, args=cfg, train_dataset=records_to_dataset(recs), processing_class=tok)
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.bfloat16}
+    assert _fp32_master_weights(trainer.model) > 0
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}

@@ -184,3 +184,15 @@ def test_hub_model_on_gpu_when_online_embedded_when_offline(monkeypatch, capsys)
     assert "offline" in capsys.readouterr().out
     monkeypatch.delenv("LABKIT_MODEL")
     assert models.choose_model() == "smollm2-135m"
+
+
+def test_load_model_reads_a_local_folder_in_full_precision_and_nf4(tmp_path):
+    import bitsandbytes as bnb
+
+    folder = models.save_tiny_model(tmp_path / "tiny")
+    model, tok = models.load_model(str(folder))
+    assert model.dtype == torch.float32 and tok.pad_token_id != tok.eos_token_id
+    nf4, _ = models.load_model(str(folder), quantization="nf4")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in nf4.modules())
+    with pytest.raises(models.ModelError, match="no such folder.*save_pretrained"):
+        models.load_model(str(tmp_path / "missing"))
