@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup course lab test test-fast lint notebooks exercises benchmark clean
+.PHONY: setup course lab test test-fast lint notebooks exercises benchmark gpu-check clean
 
 setup: $(SETUP_DONE)
 
@@ -45,6 +45,11 @@ test: setup lint
 benchmark: setup
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/train_throughput.py
+
+# On a CUDA machine: the GPU tests (native and T4 mode) and, where the course model is installed, every
+# notebook in both modes; writes build/gpu-report.md. Skips nothing silently; exits 1 without CUDA.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf build .pytest_cache
