@@ -233,8 +233,8 @@ def doctor(print_report: bool = True) -> list[Check]:
     """Preflight checks for a workshop; prints one line per check and returns them."""
     checks: list[Check] = []
     py = sys.version_info
-    checks.append(Check("python", "OK" if py >= (3, 10) else "FAIL", platform.python_version(),
-                        "use Python 3.10 or newer"))
+    checks.append(Check("python", "OK" if py >= (3, 11) else "FAIL", platform.python_version(),
+                        "use Python 3.11 or newer (transformers 5 needs it)"))
     for pkg in _KEY_PACKAGES:
         v = _version(pkg)
         checks.append(Check(pkg, "OK" if v else "FAIL", v or "not installed",
