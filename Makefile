@@ -35,6 +35,15 @@ constraints: setup
 	  | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
+# Offline install bundle: labkit's wheel and all dependency wheels for one target, in
+# build/bundle-<PY>-<PLATFORM>[-without-...]/ (see INSTALL.txt there and docs/instructor.md).
+# WITHOUT=torch (or torch,transformers) leaves out what the target already has.
+PY_TARGET ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+WITHOUT ?=
+bundle: setup
+	$(PY) tools/bundle.py --python $(PY_TARGET) --platform $(PLATFORM) --without "$(WITHOUT)"
+
 course: setup
 	$(PY) -m labkit.cli course
 
@@ -42,7 +51,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab lessons
 
 lint: setup
-	$(PY) -m ruff check labkit tests benchmarks lessons solutions
+	$(PY) -m ruff check labkit tests benchmarks lessons solutions tools
 
 notebooks: setup
 	$(PY) -m labkit.notebooks fix
