@@ -10,7 +10,7 @@ Policy (CI enforces it with `python -m labkit.notebooks check`):
   but tags, no kernel or machine details, no secrets, no paths.
 
 `stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
-repository URL lives); `refresh` executes a notebook and keeps only the checked outputs; `clean`
+repository URL lives; `stamp --repo URL --branch B` first points it at a fork); `refresh` executes a notebook and keeps only the checked outputs; `clean`
 strips everything else. Run `python -m labkit.notebooks fix` to apply all of it.
 """
 

@@ -103,8 +103,9 @@ def test_an_incompatible_labkit_is_replaced_and_asks_for_a_restart(runtime, caps
 def test_stale_imports_names_upgraded_packages_that_are_already_imported(monkeypatch):
     import packaging  # noqa: F401 - imported, so a new version on disk makes it stale
 
-    monkeypatch.setattr(colab, "installed_version", {"packaging": "99.0", "trl": "1.16.0"}.get)
-    assert colab.stale_imports({"packaging": "25.0", "trl": None}) == ["packaging"]
+    monkeypatch.setattr(colab, "installed_version", {"packaging": "99.0", "no-such-dist": "1.0"}.get)
+    assert colab.stale_imports({"packaging": "25.0", "no-such-dist": None}) == ["packaging"]
+    assert colab.stale_imports({"packaging": "99.0"}) == []  # unchanged on disk: nothing to restart for
 
 
 def test_unmet_reads_ranges_and_missing_packages():
