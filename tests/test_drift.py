@@ -2,19 +2,21 @@
 
 Each guard calls what labkit calls, with the arguments labkit passes, and checks the effect (the
 private accesses all live in labkit/_compat.py); where a call is too costly, it checks the keyword
-against the callee's signature. Dependency ranges must agree between pyproject.toml and
-environment.yml and admit what is installed.
+against the callee's signature. Dependency ranges must agree between pyproject.toml,
+environment.yml and constraints.txt (CI's exact versions) and admit what is installed.
 """
 
 import importlib.metadata
 import inspect
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,9 +30,14 @@ def assert_accepts(fn, kwargs: dict, what: str) -> None:
     )
 
 
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def pyproject_requirements() -> dict[str, str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
+    """Runtime requirements and the `lab` and `dev` extras: name -> specifier."""
+    project = pyproject()["project"]
+    reqs = project["dependencies"] + [r for extra in ("lab", "dev") for r in project["optional-dependencies"][extra]]
     return {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in reqs}
 
 
@@ -45,9 +52,58 @@ def environment_requirements() -> dict[str, str]:
     return out
 
 
+def constraints() -> dict[str, str]:
+    """constraints.txt: name -> exact version (comments skipped)."""
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            r = Requirement(line)
+            out[r.name.lower().replace("_", "-")] = str(r.specifier).removeprefix("==")
+    return out
+
+
 def test_environment_yml_agrees_with_pyproject():
     py, conda = pyproject_requirements(), environment_requirements()
     assert py == conda, {k: (py.get(k), conda.get(k)) for k in set(py) | set(conda) if py.get(k) != conda.get(k)}
+    conda_python = re.search(r"^\s*-\s*python=([\d.]+)\s*$", (ROOT / "environment.yml").read_text(), re.M)
+    assert conda_python, "environment.yml does not pin python=X.Y"
+    assert Version(conda_python.group(1)) in SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+def test_constraints_pin_every_requirement_exactly_inside_its_range():
+    """CI installs constraints.txt (make setup): each pin must lie in pyproject's range, or CI would
+    test versions users can never get; and every requirement must be pinned, or CI is not reproducible."""
+    pins, ranges = constraints(), pyproject_requirements()
+    unpinned = sorted(set(ranges) - set(pins))
+    assert not unpinned, f"constraints.txt lacks {unpinned}: run `make constraints`"
+    outside = {n: (pins[n], spec) for n, spec in ranges.items() if not SpecifierSet(spec).contains(pins[n])}
+    assert not outside, f"constraints.txt pins outside pyproject.toml's ranges: {outside}"
+    assert all(re.fullmatch(r"[\w.!]+", v) for v in pins.values()), "constraints.txt must pin exact versions"
+
+
+def test_labkit_and_the_model_wheel_are_not_pinned_twice():
+    from labkit.models import EMBEDDED_WHEEL
+
+    pins = constraints()
+    assert "labkit" not in pins and Requirement(EMBEDDED_WHEEL).name not in pins, (
+        "constraints.txt must not pin labkit or the embedded model wheel (labkit.models.EMBEDDED_WHEEL is its one place)")
+
+
+def test_python_floor_matches_what_the_dependencies_need():
+    """requires-python must not admit a Python that transformers/trl (and labkit's tomllib) cannot run on."""
+    floor = SpecifierSet(pyproject()["project"]["requires-python"])
+    assert not floor.contains("3.10.99"), "labkit imports tomllib and needs transformers 5 / trl 1: Python >= 3.11"
+    for dist in ("transformers", "trl"):
+        needs = importlib.metadata.metadata(dist).get("Requires-Python") or ""
+        assert all(v in SpecifierSet(needs) for v in ("3.11", "3.12", "3.13") if v in floor), (dist, needs)
+    assert pyproject()["tool"]["ruff"]["target-version"] == "py311"
+
+
+def test_bitsandbytes_messages_use_the_pinned_range():
+    from labkit._compat import BITSANDBYTES_REQUIREMENT
+
+    req = Requirement(BITSANDBYTES_REQUIREMENT)
+    assert str(req.specifier) == pyproject_requirements()["bitsandbytes"]
 
 
 @pytest.mark.parametrize("name", sorted(pyproject_requirements()))

