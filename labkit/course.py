@@ -54,9 +54,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     """
     import nbformat
     from nbclient.exceptions import CellExecutionError
-    from nbconvert import HTMLExporter
 
     from labkit.notebooks import execute_with, kernel_client
+    from labkit.site import page_exporter
 
     nb = nbformat.read(str(path), as_version=4)
     client = kernel_client(nb, path.parent, timeout)
@@ -85,7 +85,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(out_dir / path.name))
-    html, _ = HTMLExporter().from_notebook_node(nb)
+    html, _ = page_exporter(nav=False).from_notebook_node(nb)
     (out_dir / path.with_suffix(".html").name).write_text(html)
     return NotebookRun(path.stem, seconds, ok, peak[0], _headline_of(nb), error)
 

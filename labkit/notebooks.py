@@ -46,6 +46,7 @@ _MACHINE_PATH = re.compile("(" + "|".join(f"/{d}/" for d in _MACHINE_ROOTS) + r"
 # The kernel draws figures as PNG images (what a learner sees in JupyterLab), even when the calling
 # shell exported MPLBACKEND=Agg: Agg in the kernel turns every figure into the text "<Figure ...>".
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+KERNEL_STARTUP_SECONDS = 300
 
 
 class RepoRootNotFound(FileNotFoundError):
@@ -180,9 +181,21 @@ def kernel_client(nb, cwd: Path, timeout: int = 1200):
     from nbclient import NotebookClient
     from traitlets.config import Config
 
-    config = Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
-    return NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
-                          resources={"metadata": {"path": str(cwd)}})
+    config = Config()
+    if os.name == "posix":
+        from uuid import uuid4
+
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        # An absolute socket path: jupyter_client's default ("kernel-ipc") is relative, and the
+        # kernel (started in the notebook's folder) and this process would look in different places.
+        Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+        ip = str(Path(jupyter_runtime_dir()) / f"labkit-{uuid4().hex[:12]}")
+        config = Config({"KernelManager": {"transport": "ipc", "ip": ip}})
+    # startup_timeout: nbclient's 60 s default is too short on a busy 2-core machine (a kernel
+    # once took longer than that to answer while other jobs ran) and fails a lesson for nothing.
+    return NotebookClient(nb, timeout=timeout, startup_timeout=KERNEL_STARTUP_SECONDS, kernel_name="python3",
+                          config=config, resources={"metadata": {"path": str(cwd)}})
 
 
 def execute_with(client) -> None:
