@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labkit import invoices
 from labkit import notebooks as nbs
 from labkit.exercises import build as exb
 
@@ -134,6 +135,7 @@ def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
         nbs.find_root()
     assert nbs.main(["check"]) == 2
     assert exb.main(["check"]) == 2
+    assert invoices.main([]) == 2  # and it writes nothing into the installed package either
     assert "No labkit course checkout" in capsys.readouterr().err
     # ...and --root points them at the checkout from anywhere.
     assert exb.main(["check", "--root", str(ROOT)]) == 0
