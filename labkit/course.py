@@ -36,7 +36,8 @@ class NotebookRun:
     error: str = ""
 
 
-def _headline_of(nb) -> str:
+def headline_of(nb) -> str:
+    """The `headline(...)` line an executed notebook printed ("" when it printed none)."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             text = out.get("text", "") if out.get("output_type") == "stream" else ""
@@ -87,7 +88,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     nbformat.write(nb, str(out_dir / path.name))
     html, _ = page_exporter(nav=False).from_notebook_node(nb)
     (out_dir / path.with_suffix(".html").name).write_text(html)
-    return NotebookRun(path.stem, seconds, ok, peak[0], _headline_of(nb), error)
+    return NotebookRun(path.stem, seconds, ok, peak[0], headline_of(nb), error)
 
 
 def _minutes(seconds: float) -> str:

@@ -91,7 +91,7 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
     """Each notebook → out_dir/NAME.html; returns what the index needs about each."""
     import nbformat
 
-    from labkit.course import _headline_of
+    from labkit.course import headline_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -99,7 +99,7 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
         nb = nbformat.read(str(path), as_version=4)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         (out_dir / f"{path.stem}.html").write_text(body, encoding="utf-8")
-        rows.append({"name": path.stem, "title": notebook_title(nb, path.stem), "headline": _headline_of(nb),
+        rows.append({"name": path.stem, "title": notebook_title(nb, path.stem), "headline": headline_of(nb),
                      "errors": error_outputs(nb), "href": f"{out_dir.name}/{path.stem}.html"})
     return rows
 
