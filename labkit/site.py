@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import shutil
 import sys
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
 
     from labkit.course import headline_of
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)  # no page of a lesson that no longer exists
+    out_dir.mkdir(parents=True)
     rows = []
     for path in paths:
         nb = nbformat.read(str(path), as_version=4)

@@ -25,7 +25,9 @@ from labkit.site import SiteError, build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "build" / "site-screenshot.png"
-TRAINS = ("train_sft(",)  # a lesson whose code calls one of these trains, and must show its loss curve
+# A lesson whose code calls one of these trains, and must show its loss curve: an image whose alt
+# text starts with "Loss curve" (LiveLossPlot.ALT; a live plot of another trainer names itself the same way).
+TRAINS = ("train_sft(", "train_dpo(")
 
 
 def _png() -> str:
@@ -75,6 +77,9 @@ def test_site_builder_pages_index_report_and_errors(tmp_path):
     assert exercises and all(f'href="exercises/{e.stem}.html"' in text for e in exercises)
     lesson = (index.parent / "lessons" / "05_train.html").read_text()
     assert f'alt="{LiveLossPlot.ALT}"' in lesson and 'href="../index.html"' in lesson
+    (course / "06_broken.ipynb").unlink()
+    build_site(root)
+    assert not (index.parent / "lessons" / "06_broken.html").exists()  # no page of a removed lesson
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ def check_site_in_browser(index: Path, course_dir: Path, screenshot: Path | None
                     "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
                 assert all(w > 0 for w in widths), f"{href}: an image did not render ({widths})"
                 if "/lessons/" in href and name in trains:
-                    curve = page.locator(f"img[alt='{LiveLossPlot.ALT}']")
+                    curve = page.locator("img[alt^='Loss curve']")
                     assert curve.count() >= 1, f"{href} trains but shows no loss-curve image"
                     curve.first.scroll_into_view_if_needed()
                     assert curve.first.is_visible()
