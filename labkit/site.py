@@ -80,6 +80,12 @@ def error_outputs(nb) -> list[str]:
             for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
+def not_run(nb) -> list[int]:
+    """Indices of code cells that never ran (the kernel stopped or died before them)."""
+    return [i for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and c.source.strip() and c.get("execution_count") is None]
+
+
 def _page(title: str, body: str, nav: bool = True) -> str:
     """A plain page at the site's top level (index, report)."""
     nav = '<nav><a href="index.html">&larr; Course index</a></nav>' if nav else ""
@@ -102,13 +108,18 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         (out_dir / f"{path.stem}.html").write_text(body, encoding="utf-8")
         rows.append({"name": path.stem, "title": notebook_title(nb, path.stem), "headline": headline_of(nb),
-                     "errors": error_outputs(nb), "href": f"{out_dir.name}/{path.stem}.html"})
+                     "errors": error_outputs(nb), "not_run": not_run(nb), "href": f"{out_dir.name}/{path.stem}.html"})
     return rows
 
 
 def _index_html(lessons: list[dict], exercises: list[dict], has_report: bool) -> str:
     def cells(r: dict) -> str:
-        status = (f'<span class="fail">error: {html.escape(r["errors"][0])}</span>' if r["errors"] else "ran")
+        if r["errors"]:
+            status = f'<span class="fail">error: {html.escape(r["errors"][0])}</span>'
+        elif r["not_run"]:
+            status = f'<span class="fail">stopped before cell {r["not_run"][0]}</span>'
+        else:
+            status = "ran"
         return (f'<tr><td><a href="{r["href"]}">{html.escape(r["title"])}</a></td><td>{status}</td>'
                 f'<td>{html.escape(r["headline"])}</td></tr>')
 
@@ -154,6 +165,8 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
     for r in lessons:
         if r["errors"]:
             print(f"warning: {r['name']} holds an error output: {r['errors'][0]}", file=sys.stderr)
+        elif r["not_run"]:
+            print(f"warning: {r['name']} stopped before cell {r['not_run'][0]}", file=sys.stderr)
     return index
 
 

@@ -52,6 +52,7 @@ def _executed_lesson(path: Path, title: str, outputs: list) -> None:
     nb = nbformat.v4.new_notebook()
     code = nbformat.v4.new_code_cell("h = train_sft(model, tok, train)")
     code.outputs = outputs
+    code.execution_count = 1 if outputs else None
     nb.cells = [nbformat.v4.new_markdown_cell(f"[![badge](x.svg)](y)\n# {title}\nText."), code]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
@@ -67,11 +68,13 @@ def test_site_builder_pages_index_report_and_errors(tmp_path):
     _executed_lesson(course / "05_train.ipynb", "Lesson five", [curve])
     boom = nbformat.v4.new_output("error", ename="AssertionError", evalue="claim broken", traceback=["boom"])
     _executed_lesson(course / "06_broken.ipynb", "Lesson six", [boom])
+    _executed_lesson(course / "07_stopped.ipynb", "Lesson seven", [])  # its code cell never ran
     (root / "build" / "course-report.md").write_text("# Course runtime report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     index = build_site(root)
     text = index.read_text()
     assert 'href="lessons/05_train.html">Lesson five<' in text and "Lesson six" in text
     assert "error: AssertionError: claim broken" in text  # a broken lesson is flagged, not hidden
+    assert "stopped before cell 1" in text  # so is one whose kernel died half way
     assert 'href="report.html"' in text and "<table>" in (index.parent / "report.html").read_text()
     exercises = sorted((root / "exercises").glob("*.ipynb"))
     assert exercises and all(f'href="exercises/{e.stem}.html"' in text for e in exercises)
