@@ -47,6 +47,18 @@ def headline_of(nb) -> str:
     return ""
 
 
+def _runner_error(exc: Exception) -> str:
+    """A failure of the runner itself (not of a cell), with where it happened when it says nothing
+    (e.g. a kernel killed from outside surfaces as a bare AssertionError inside nbclient)."""
+    import traceback
+
+    text = str(exc).strip()
+    if not text and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        text = f"(no message) at {Path(frame.filename).name}:{frame.lineno}; did the kernel stop?"
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
 def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     """Execute one notebook; write the executed copy and an HTML copy under out_dir.
 
@@ -79,7 +91,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     except CellExecutionError as exc:
         ok, error = False, str(exc).strip().splitlines()[-1][:200]
     except Exception as exc:  # noqa: BLE001 - a report must still be written
-        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+        ok, error = False, _runner_error(exc)
     finally:
         stop.set()
         watcher.join(timeout=2)

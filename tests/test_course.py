@@ -100,3 +100,13 @@ def test_training_in_a_notebook_shows_one_loss_curve_image(tmp_path):
     images = [o for o in nb.cells[0].outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1, [o.get("output_type") for o in nb.cells[0].outputs]
     assert images[0]["metadata"]["image/png"]["alt"] == LiveLossPlot.ALT
+
+
+def test_a_silent_runner_failure_says_where_it_happened():
+    from labkit.course import _runner_error
+
+    try:
+        raise AssertionError()  # an exception with an empty message, like nbclient's
+    except AssertionError as exc:
+        text = _runner_error(exc)
+    assert text.startswith("AssertionError: (no message) at test_course.py:"), text
