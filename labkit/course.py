@@ -133,7 +133,9 @@ def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> 
 
 def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
                only: list[str] | None = None, root: Path | None = None) -> list[NotebookRun]:
-    """Execute every lesson in order; print and write build/course-report.md; return the runs.
+    """Execute the lessons in order; print and write build/course-report.md; return the runs.
+
+    The report holds this run's notebooks: with `only`, the other rows are not in it.
 
     `root`: the course checkout (default: found upwards from the working directory); lessons are
     read from root/lessons and written to root/build/course unless given explicitly.
