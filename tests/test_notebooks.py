@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import invoices
+from labkit import cli, invoices, site
 from labkit import notebooks as nbs
 from labkit.exercises import build as exb
 
@@ -136,6 +136,7 @@ def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
     assert nbs.main(["check"]) == 2
     assert exb.main(["check"]) == 2
     assert invoices.main([]) == 2  # and it writes nothing into the installed package either
+    assert cli.main(["course"]) == 2 and site.main([]) == 2
     assert "No labkit course checkout" in capsys.readouterr().err
     # ...and --root points them at the checkout from anywhere.
     assert exb.main(["check", "--root", str(ROOT)]) == 0
