@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup constraints bundle course lab test test-fast lint notebooks exercises benchmark gpu-check clean
+.PHONY: setup constraints bundle course site lab test test-fast lint notebooks exercises benchmark gpu-check clean
 
 setup: $(SETUP_DONE)
 
@@ -46,6 +46,12 @@ bundle: setup
 
 course: setup
 	$(PY) -m labkit.cli course
+
+# The executed course (`make course` first) as static HTML in build/site, then every page opened in
+# Chromium (offline) and a screenshot of the index in build/site-screenshot.png.
+site: setup
+	$(PY) -m labkit.site
+	LABKIT_REQUIRE_SITE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py::test_the_course_site_in_the_browser
 
 lab: setup
 	$(VENV)/bin/jupyter lab lessons

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cache", help="convert the embedded model to the fast cache now (before a workshop)")
     course = sub.add_parser("course", help="run every lesson headless and print the course report")
     course.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
+    course.add_argument("--root", type=Path, default=None,
+                        help="the course checkout (default: found upwards from the working directory)")
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
@@ -27,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "course":
         from labkit.course import run_course
+        from labkit.notebooks import RepoRootNotFound
 
-        runs = run_course(only=args.only)
+        try:
+            runs = run_course(only=args.only, root=args.root)
+        except RepoRootNotFound as exc:
+            print(exc, file=sys.stderr)
+            return 2
         return 0 if all(r.ok for r in runs) else 1
     return 2
 

@@ -2,11 +2,13 @@
 
 Each lesson calls `headline("...")` once with the result it proves (for example
 "base EM 0/32 -> tuned EM 31/32"); the runner picks those lines out of the executed notebook.
+`headline` is the one piece lessons import (it works in an installed labkit); the runner itself is
+a tool for a checkout: it takes the repository root (`labkit course --root`, default found upwards
+from the working directory) and writes build/course/ and build/course-report.md there.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from labkit._compat import kernel_pid
 from labkit.memory import peak_rss_mb
 
 HEADLINE_PREFIX = "HEADLINE: "
+BUDGET_SECONDS = 300  # every lesson and solution must run in 5 min on the course's CPU profile
 
 
 def headline(text: str) -> None:
@@ -33,7 +36,8 @@ class NotebookRun:
     error: str = ""
 
 
-def _headline_of(nb) -> str:
+def headline_of(nb) -> str:
+    """The `headline(...)` line an executed notebook printed ("" when it printed none)."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             text = out.get("text", "") if out.get("output_type") == "stream" else ""
@@ -43,16 +47,32 @@ def _headline_of(nb) -> str:
     return ""
 
 
+def _runner_error(exc: Exception) -> str:
+    """A failure of the runner itself (not of a cell), with where it happened when it says nothing
+    (e.g. a kernel killed from outside surfaces as a bare AssertionError inside nbclient)."""
+    import traceback
+
+    text = str(exc).strip()
+    if not text and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        text = f"(no message) at {Path(frame.filename).name}:{frame.lineno}; did the kernel stop?"
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
 def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
-    """Execute one notebook; write the executed copy and an HTML copy under out_dir."""
+    """Execute one notebook; write the executed copy and an HTML copy under out_dir.
+
+    Figures come out as PNG images (the kernel uses the inline backend, whatever MPLBACKEND the
+    calling shell has), so the executed copies show what a learner sees in JupyterLab.
+    """
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-    from nbconvert import HTMLExporter
+
+    from labkit.notebooks import execute_with, kernel_client
+    from labkit.site import page_exporter
 
     nb = nbformat.read(str(path), as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = kernel_client(nb, path.parent, timeout)
     peak = [0.0]
     stop = threading.Event()
 
@@ -67,45 +87,65 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     ok, error = True, ""
     watcher.start()
     try:
-        client.execute()
+        execute_with(client)
     except CellExecutionError as exc:
         ok, error = False, str(exc).strip().splitlines()[-1][:200]
     except Exception as exc:  # noqa: BLE001 - a report must still be written
-        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+        ok, error = False, _runner_error(exc)
     finally:
         stop.set()
         watcher.join(timeout=2)
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(out_dir / path.name))
-    html, _ = HTMLExporter().from_notebook_node(nb)
+    html, _ = page_exporter(nav=False).from_notebook_node(nb)
     (out_dir / path.with_suffix(".html").name).write_text(html)
-    return NotebookRun(path.stem, seconds, ok, peak[0], _headline_of(nb), error)
+    return NotebookRun(path.stem, seconds, ok, peak[0], headline_of(nb), error)
 
 
-def report_markdown(runs: list[NotebookRun]) -> str:
+def _minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> str:
+    """The course report: each notebook's time against its budget (over-budget ones flagged)."""
     total = sum(r.seconds for r in runs)
     lines = [
         "# Course runtime report",
         "",
-        "| notebook | seconds | peak MB | result | headline |",
-        "|---|---:|---:|---|---|",
+        f"Budget: {_minutes(budget)} (m:ss) per notebook on this machine.",
+        "",
+        f"| notebook | time | of the {_minutes(budget)} budget | peak MB | result | headline |",
+        "|---|---:|---|---:|---|---|",
     ]
     for r in runs:
         status = "pass" if r.ok else f"FAIL: {r.error}"
-        lines.append(f"| {r.name} | {r.seconds:.0f} | {r.peak_mb:.0f} | {status} | {r.headline} |")
+        used = f"{r.seconds / budget:.0%}" if r.seconds <= budget else f"**OVER** ({r.seconds / budget:.0%})"
+        lines.append(f"| {r.name} | {_minutes(r.seconds)} | {used} | {r.peak_mb:.0f} | {status} | {r.headline} |")
     n_ok = sum(r.ok for r in runs)
+    over = [r.name for r in runs if r.seconds > budget]
     lines += ["", f"Total: {total / 60:.1f} min, {n_ok}/{len(runs)} notebooks passed."]
+    lines.append(f"Over the {_minutes(budget)} budget: {', '.join(over)}." if over
+                 else f"Every notebook within the {_minutes(budget)} budget.")
     return "\n".join(lines) + "\n"
 
 
 def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
-               only: list[str] | None = None) -> list[NotebookRun]:
-    """Execute every lesson in order; print and write build/course-report.md; return the runs."""
-    root = Path(__file__).resolve().parent.parent
-    lessons_dir = lessons_dir or root / "lessons"
-    out_dir = out_dir or root / "build" / "course"
-    os.environ.setdefault("MPLBACKEND", "Agg")
+               only: list[str] | None = None, root: Path | None = None) -> list[NotebookRun]:
+    """Execute the lessons in order; print and write build/course-report.md; return the runs.
+
+    The report holds this run's notebooks: with `only`, the other rows are not in it.
+
+    `root`: the course checkout (default: found upwards from the working directory); lessons are
+    read from root/lessons and written to root/build/course unless given explicitly.
+    """
+    if lessons_dir is None or out_dir is None:
+        from labkit.notebooks import find_root
+
+        root = find_root(root)
+        lessons_dir = lessons_dir or root / "lessons"
+        out_dir = out_dir or root / "build" / "course"
     paths = sorted(lessons_dir.glob("*.ipynb"))
     if only:
         paths = [p for p in paths if any(o in p.stem for o in only)]
@@ -115,7 +155,9 @@ def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
     for path in paths:
         print(f"running {path.name} ...", flush=True)
         run = run_notebook(path, out_dir)
-        print(f"  {'pass' if run.ok else 'FAIL'} in {run.seconds:.0f} s  {run.headline or run.error}", flush=True)
+        over = f" (OVER the {_minutes(BUDGET_SECONDS)} budget)" if run.seconds > BUDGET_SECONDS else ""
+        print(f"  {'pass' if run.ok else 'FAIL'} in {_minutes(run.seconds)}{over}  {run.headline or run.error}",
+              flush=True)
         runs.append(run)
     text = report_markdown(runs)
     (out_dir.parent / "course-report.md").write_text(text)

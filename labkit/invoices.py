@@ -7,14 +7,18 @@ printed in the invoice, so the model learns *extraction and normalisation* (€ 
 "3,49" → 3.49, layouts → one schema), never arithmetic.
 
 Records are short on purpose: on a CPU, tokens are the cost of training.
-`python -m labkit.invoices` writes labkit/datasets/invoices_{train,val,test}.jsonl; a test
-regenerates them and compares, so the shipped files cannot drift from this code.
+The shipped files labkit/datasets/invoices_{train,val,test}.jsonl are generated at build time, in a
+checkout, by `python -m labkit.invoices [--root PATH]`; a test regenerates them in memory and
+compares, so they cannot drift from this code. Nothing writes into the installed package at run
+time: lessons read the shipped files (`labkit.data`), or call `make_records()` in memory.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from labkit.data import to_record
@@ -22,7 +26,7 @@ from labkit.data import to_record
 INSTRUCTION = "Extract the invoice as JSON."
 SEED = 1234
 SPLIT_SIZES = {"train": 256, "val": 32, "test": 64}
-DATASET_DIR = Path(__file__).resolve().parent / "datasets"
+DATASET_DIR = Path(__file__).resolve().parent / "datasets"  # where the shipped files are read from
 
 PRODUCTS = [
     "USB cable", "Mouse", "Keyboard", "Desk lamp", "Notebook", "Pen set", "Coffee mug", "Stapler",
@@ -139,8 +143,8 @@ def make_records(seed: int = SEED, sizes: dict[str, int] | None = None) -> dict[
     return out
 
 
-def write_datasets(folder: Path = DATASET_DIR, seed: int = SEED) -> dict[str, Path]:
-    """Write invoices_{split}.jsonl (one JSON record per line) → {split: path}."""
+def write_datasets(folder: Path, seed: int = SEED) -> dict[str, Path]:
+    """Write invoices_{split}.jsonl (one JSON record per line) into `folder` → {split: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, records in make_records(seed).items():
@@ -150,7 +154,24 @@ def write_datasets(folder: Path = DATASET_DIR, seed: int = SEED) -> dict[str, Pa
     return paths
 
 
-if __name__ == "__main__":
-    for split, path in write_datasets().items():
+def main(argv: list[str] | None = None) -> int:
+    """Build step: regenerate the shipped files in a checkout's labkit/datasets/."""
+    from labkit.notebooks import RepoRootNotFound, find_root
+
+    p = argparse.ArgumentParser(prog="python -m labkit.invoices", description=main.__doc__)
+    p.add_argument("--root", type=Path, default=None,
+                   help="the course checkout (default: found upwards from the working directory)")
+    args = p.parse_args(argv)
+    try:
+        folder = find_root(args.root) / "labkit" / "datasets"
+    except RepoRootNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for split, path in write_datasets(folder).items():
         n = sum(1 for _ in path.open(encoding="utf-8"))
         print(f"{split}: {n} records -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

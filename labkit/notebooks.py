@@ -12,11 +12,16 @@ Policy (CI enforces it with `python -m labkit.notebooks check`):
 `stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
 repository URL lives; `stamp --repo URL --branch B` first points it at a fork); `refresh` executes a notebook and keeps only the checked outputs; `clean`
 strips everything else. Run `python -m labkit.notebooks fix` to apply all of it.
+
+These are tools for a checkout of the course repository, not for an installed labkit: they take the
+repository root explicitly (`--root`, default: found by walking up from the working directory to
+the folder whose pyproject.toml has `[tool.labkit]`) and say so clearly when there is none.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -28,7 +33,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIRS = ("lessons", "solutions", "exercises")
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
 SETUP_TAG = "labkit-setup"
@@ -39,13 +43,48 @@ _MACHINE_ROOTS = ("root", r"home/[a-z_][\w-]*", "work", "tmp")
 _MACHINE_PATH = re.compile("(" + "|".join(f"/{d}/" for d in _MACHINE_ROOTS) + r"|C:\\\\Users\\\\)")
 
 
-def project_settings(root: Path = ROOT) -> dict:
-    """`[tool.labkit]` from pyproject.toml (repo URL and branch), plus the project's version."""
-    data = tomllib.loads((root / "pyproject.toml").read_text())
+# The kernel draws figures as PNG images (what a learner sees in JupyterLab), even when the calling
+# shell exported MPLBACKEND=Agg: Agg in the kernel turns every figure into the text "<Figure ...>".
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+KERNEL_STARTUP_SECONDS = 300
+
+
+class RepoRootNotFound(FileNotFoundError):
+    """No course checkout (a folder whose pyproject.toml has [tool.labkit]) at or above a folder."""
+
+
+def _labkit_settings(pyproject: Path) -> dict | None:
+    """`[tool.labkit]` of one pyproject.toml, None when the file is not the course's."""
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # someone else's (or a broken) pyproject: keep walking up
+    return data.get("tool", {}).get("labkit")
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The course checkout that holds `start` (default: the working directory).
+
+    Why not the package's parent folder: an installed labkit (pip wheel, Colab) lives in
+    site-packages, far from any lessons/; these tools only make sense inside a clone.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and _labkit_settings(folder / "pyproject.toml") is not None:
+            return folder
+    raise RepoRootNotFound(
+        f"No labkit course checkout at or above {here}: this tool works on a clone of the course "
+        "repository (a folder whose pyproject.toml has a [tool.labkit] table). "
+        "Run it from inside your clone, or pass --root PATH_TO_THE_CLONE.")
+
+
+def project_settings(root: Path | None = None) -> dict:
+    """`[tool.labkit]` from the checkout's pyproject.toml (repo URL and branch), plus the project's version."""
+    data = tomllib.loads((find_root(root) / "pyproject.toml").read_text(encoding="utf-8"))
     return {**data["tool"]["labkit"], "version": data["project"]["version"]}
 
 
-def set_project_settings(repo: str, branch: str, root: Path = ROOT) -> dict:
+def set_project_settings(repo: str, branch: str, root: Path) -> dict:
     """Point `[tool.labkit]` in pyproject.toml at another copy of the course (a fork or a mirror)."""
     repo = repo.strip().removesuffix("/").removesuffix(".git")
     if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo):
@@ -97,7 +136,8 @@ def setup_source(settings: dict | None = None) -> str:
     )
 
 
-def notebooks(root: Path = ROOT, dirs: tuple[str, ...] = NOTEBOOK_DIRS) -> list[Path]:
+def notebooks(root: Path | None = None, dirs: tuple[str, ...] = NOTEBOOK_DIRS) -> list[Path]:
+    root = find_root(root)
     out: list[Path] = []
     for d in dirs:
         out.extend(sorted((root / d).glob("*.ipynb")))
@@ -165,12 +205,40 @@ def write(nb, path: Path) -> None:
     path.write_text(nbformat.writes(nb) + "\n")
 
 
-def execute(nb, cwd: Path, timeout: int = 1200):
-    from nbclient import NotebookClient
+def kernel_client(nb, cwd: Path, timeout: int = 1200):
+    """An nbclient NotebookClient for one notebook, started by `execute_with(client)`.
 
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}})
-    client.execute()
+    Unix sockets (IPC) instead of TCP where the OS has them: the kernel only ever talks to this
+    process, and ipykernel then has no reason to print "Kernel is running over TCP without
+    encryption" once per notebook into the learner's terminal.
+    """
+    from nbclient import NotebookClient
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        from uuid import uuid4
+
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        # An absolute socket path: jupyter_client's default ("kernel-ipc") is relative, and the
+        # kernel (started in the notebook's folder) and this process would look in different places.
+        Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+        ip = str(Path(jupyter_runtime_dir()) / f"labkit-{uuid4().hex[:12]}")
+        config = Config({"KernelManager": {"transport": "ipc", "ip": ip}})
+    # startup_timeout: nbclient's 60 s default is too short on a busy 2-core machine (a kernel
+    # once took longer than that to answer while other jobs ran) and fails a lesson for nothing.
+    return NotebookClient(nb, timeout=timeout, startup_timeout=KERNEL_STARTUP_SECONDS, kernel_name="python3",
+                          config=config, resources={"metadata": {"path": str(cwd)}})
+
+
+def execute_with(client) -> None:
+    """Run every cell; figures come back as images (see INLINE_BACKEND)."""
+    client.execute(env=dict(os.environ, MPLBACKEND=INLINE_BACKEND))
+
+
+def execute(nb, cwd: Path, timeout: int = 1200):
+    execute_with(kernel_client(nb, cwd, timeout))
     return nb
 
 
@@ -182,15 +250,17 @@ def refresh(path: Path) -> None:
     write(nb, path)
 
 
-def problems(path: Path, root: Path = ROOT) -> list[str]:
+def problems(path: Path, root: Path | None = None) -> list[str]:
     """What breaks the committed-notebook policy in one notebook (empty list when clean)."""
-    rel = path.relative_to(root).as_posix()
+    root = find_root(root or path.parent)
+    settings = project_settings(root)
+    rel = path.resolve().relative_to(root).as_posix()
     nb = read(path)
     out = []
     if not nb.cells or nb.cells[0].cell_type != "markdown" or \
-            not nb.cells[0].source.startswith(badge_markdown(rel)):
+            not nb.cells[0].source.startswith(badge_markdown(rel, settings)):
         out.append(f"{rel}: the first cell lacks the current Open-in-Colab badge")
-    if len(nb.cells) < 2 or nb.cells[1].source != setup_source():
+    if len(nb.cells) < 2 or nb.cells[1].source != setup_source(settings):
         out.append(f"{rel}: the second cell is not the current labkit setup cell")
     for i, cell in enumerate(nb.cells):
         extra = set(cell.get("metadata", {})) - {"tags"}
@@ -218,18 +288,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m labkit.notebooks", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["check", "fix", "stamp", "clean", "refresh"])
     p.add_argument("paths", nargs="*", type=Path, help="notebooks (default: every course notebook)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the course checkout (default: found upwards from the working directory)")
     p.add_argument("--repo", help="stamp/fix: first point pyproject.toml's [tool.labkit] at this GitHub URL")
     p.add_argument("--branch", help="stamp/fix: ... and this branch (default: the current one)")
     args = p.parse_args(argv)
+    try:
+        root = find_root(args.root)
+    except RepoRootNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.repo or args.branch:
         if args.command not in ("stamp", "fix"):
             p.error("--repo/--branch go with stamp or fix")
-        current = project_settings()
-        new = set_project_settings(args.repo or current["repo"], args.branch or current["branch"])
+        current = project_settings(root)
+        new = set_project_settings(args.repo or current["repo"], args.branch or current["branch"], root)
         print(f"pyproject.toml [tool.labkit]: repo = {new['repo']}, branch = {new['branch']}")
-    paths = [pp.resolve() for pp in args.paths] or notebooks()
+    settings = project_settings(root)
+    paths = [pp.resolve() for pp in args.paths] or notebooks(root)
     if args.command == "check":
-        found = [msg for path in paths for msg in problems(path)]
+        found = [msg for path in paths for msg in problems(path, root)]
         for msg in found:
             print(msg)
         if found:
@@ -240,14 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for path in paths:
         nb = read(path)
+        rel = path.relative_to(root).as_posix()
         if args.command == "refresh":
             print(f"executing {path.name} ...", flush=True)
-            stamp(nb, path.relative_to(ROOT).as_posix())
+            stamp(nb, rel, settings)
             write(nb, path)
             refresh(path)
             continue
         if args.command in ("stamp", "fix"):
-            stamp(nb, path.relative_to(ROOT).as_posix())
+            stamp(nb, rel, settings)
         if args.command in ("clean", "fix"):
             clean(nb)
         write(nb, path)

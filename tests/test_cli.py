@@ -25,7 +25,7 @@ def test_course_report_table(tmp_path):
 
     text = report_markdown([NotebookRun("00_setup", 12.0, True, 900.0, "ok"),
                             NotebookRun("05_qlora", 200.0, False, 2000.0, "", "AssertionError")])
-    assert "| 00_setup | 12 | 900 | pass | ok |" in text
+    assert "| 00_setup | 0:12 | 4% | 900 | pass | ok |" in text
     assert "FAIL: AssertionError" in text and "1/2 notebooks passed" in text
 
 

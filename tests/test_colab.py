@@ -115,7 +115,7 @@ def test_unmet_reads_ranges_and_missing_packages():
 
 def test_setup_cell_calls_labkit_colab_with_the_configured_source():
     cell = nbs.setup_source()
-    settings = nbs.project_settings()
+    settings = nbs.project_settings(ROOT)
     source = f"git+{settings['repo']}@{settings['branch']}"
     assert f"labkit.colab.setup('{source}', '{VERSION}', '{EMBEDDED_WHEEL}')" in cell
     assert "torch" not in cell and "--no-deps" in cell

@@ -1,39 +1,43 @@
 """The committed form of the course notebooks, and the exercise system built from solutions."""
 
+from pathlib import Path
+
 import nbformat
 import pytest
 
+from labkit import cli, invoices, site
 from labkit import notebooks as nbs
 from labkit.exercises import build as exb
 
-ALL = nbs.notebooks()
-SOLUTIONS = sorted((nbs.ROOT / "solutions").glob("*.ipynb"))
-EXERCISES = sorted((nbs.ROOT / "exercises").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parent.parent
+ALL = nbs.notebooks(ROOT)
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
 
 
 def test_every_lesson_of_the_course_map_exists():
-    lessons = sorted(p.stem for p in (nbs.ROOT / "lessons").glob("*.ipynb"))
+    lessons = sorted(p.stem for p in (ROOT / "lessons").glob("*.ipynb"))
     assert lessons[0] == "00_setup"
     assert [name[:2] for name in lessons] == sorted({name[:2] for name in lessons}), "duplicate lesson numbers"
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_notebook_follows_the_committed_policy(path):
-    assert nbs.problems(path) == []
+    assert nbs.problems(path, ROOT) == []
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_badge_points_at_this_notebook_in_the_configured_repo(path):
-    rel = path.relative_to(nbs.ROOT).as_posix()
+    rel = path.relative_to(ROOT).as_posix()
     first = nbs.read(path).cells[0].source
-    settings = nbs.project_settings()
+    settings = nbs.project_settings(ROOT)
     assert settings["repo"].removeprefix("https://github.com/") in first and first.splitlines()[0].endswith(f"/{rel})")
 
 
 def test_policy_catches_what_it_claims(tmp_path):
     root = tmp_path
     (root / "lessons").mkdir()
-    (root / "pyproject.toml").write_text((nbs.ROOT / "pyproject.toml").read_text())
+    (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("print('/root/x')")]
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="hf_" + "a" * 34)]
@@ -52,7 +56,7 @@ def test_policy_catches_what_it_claims(tmp_path):
 
 def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
     (tmp_path / "lessons").mkdir()
-    (tmp_path / "pyproject.toml").write_text((nbs.ROOT / "pyproject.toml").read_text())
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell(f"{nbs.CHECK_MARKER}\nprint(1)")]
     nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(tmp_path))
@@ -69,7 +73,7 @@ def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
 
 
 def test_exercises_are_in_sync_with_solutions():
-    assert exb.build(check_only=True) == [], "run: python -m labkit.exercises build"
+    assert exb.build(ROOT, check_only=True) == [], "run: python -m labkit.exercises build"
 
 
 def test_blanking_keeps_indentation_and_hint():
@@ -113,3 +117,26 @@ def test_unfilled_exercise_stops_at_its_first_blank_with_a_friendly_message(path
     assert err.value.evalue in nb.cells[first_blank].source, (err.value.evalue, first_blank)
     ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
     assert max(ran) >= first_blank, f"stopped at cell {max(ran)}, before the first blank (cell {first_blank})"
+
+
+def test_repo_root_is_found_upwards_from_a_subfolder(tmp_path):
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    deep = tmp_path / "lessons" / "sub"
+    deep.mkdir(parents=True)
+    assert nbs.find_root(deep) == tmp_path.resolve()
+    assert nbs.project_settings(deep)["repo"].startswith("https://github.com/")
+
+
+def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
+    # A pyproject.toml of some other project does not count: only one with [tool.labkit].
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(nbs.RepoRootNotFound, match="--root"):
+        nbs.find_root()
+    assert nbs.main(["check"]) == 2
+    assert exb.main(["check"]) == 2
+    assert invoices.main([]) == 2  # and it writes nothing into the installed package either
+    assert cli.main(["course"]) == 2 and site.main([]) == 2
+    assert "No labkit course checkout" in capsys.readouterr().err
+    # ...and --root points them at the checkout from anywhere.
+    assert exb.main(["check", "--root", str(ROOT)]) == 0

@@ -77,12 +77,16 @@ def exercise_from_solution(nb, name: str = "") -> tuple[object, int]:
     return ex, total
 
 
-def exercise_path(solution: Path, root: Path = nbs.ROOT) -> Path:
+def exercise_path(solution: Path, root: Path) -> Path:
     return root / "exercises" / solution.name
 
 
-def build(root: Path = nbs.ROOT, check_only: bool = False) -> list[str]:
-    """Write every exercise (or, with check_only, list those that differ). Returns messages."""
+def build(root: Path | None = None, check_only: bool = False) -> list[str]:
+    """Write every exercise (or, with check_only, list those that differ). Returns messages.
+
+    `root`: the course checkout (default: found upwards from the working directory)."""
+    root = nbs.find_root(root)
+    settings = nbs.project_settings(root)
     msgs = []
     solutions = sorted((root / "solutions").glob("*.ipynb"))
     expected = {exercise_path(s, root) for s in solutions}
@@ -96,7 +100,7 @@ def build(root: Path = nbs.ROOT, check_only: bool = False) -> list[str]:
         if n == 0:
             raise MarkerError(f"solutions/{sol.name} has no ### BEGIN SOLUTION region")
         rel = f"exercises/{sol.name}"
-        nbs.stamp(ex, rel)
+        nbs.stamp(ex, rel, settings)
         nbs.clean(ex, keep_checked_outputs=False)
         text = nbformat.writes(ex) + "\n"
         target = exercise_path(sol, root)
@@ -111,8 +115,14 @@ def build(root: Path = nbs.ROOT, check_only: bool = False) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m labkit.exercises", description="exercises from solutions")
     p.add_argument("command", choices=["build", "check"])
+    p.add_argument("--root", type=Path, default=None,
+                   help="the course checkout (default: found upwards from the working directory)")
     args = p.parse_args(argv)
-    msgs = build(check_only=args.command == "check")
+    try:
+        msgs = build(args.root, check_only=args.command == "check")
+    except nbs.RepoRootNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 2
     for m in msgs:
         print(m)
     if args.command == "check" and msgs:
