@@ -137,7 +137,7 @@ def _eval(args) -> int:
     for m in result["misses"][:10]:
         print(f"  want {m['reference']}\n  got  {m['prediction']}")
     if "probe" in result:
-        print(f"general probe: " + ", ".join(f"{k} {v:.1%}" for k, v in result["probe"].items() if k != "n"))
+        print("general probe: " + ", ".join(f"{k} {v:.1%}" for k, v in result["probe"].items() if k != "n"))
     return 0
 
 
