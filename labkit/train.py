@@ -40,6 +40,7 @@ from labkit._compat import (
     checkpointing_key,
     no_repacking,
     packed_nf4_layers,
+    rewrap_after_eval,
     trl_fused_head_labelled_only,
     unpack_nf4_for_training,
 )
@@ -432,6 +433,7 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
 
             trainer.remove_callback(PrinterCallback)  # progress=False means quiet
         val0 = _pre_training_val_loss(trainer, out, checkpoint) if val is not None else None
+        rewrap_after_eval(trainer)  # multi-process: evaluate() above must not stop DDP wrapping
         if plot:
             from labkit.plots import LiveLossPlot
 
