@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from labkit.config import load_config
-    from labkit.run import dry_run, is_main_process, train_from_config
+    from labkit.run import dry_run, is_main_process, rank, train_from_config, world_size
 
     cfg = load_config(args.config)
     if args.output:
@@ -111,10 +111,11 @@ def _train(args) -> int:
         dry_run(cfg)
         return 0
     result = train_from_config(cfg, resume=args.resume, progress=not args.quiet)
-    if is_main_process():
-        ev = result.metrics["evaluation"]
-        print(ev["table"])
-        print(f"wrote {result.output_dir}/: adapter/, metrics.json, loss_curve.png, report.md")
+    if not is_main_process():
+        print(f"labkit train: rank {rank()} of {world_size()} done; rank 0 evaluates and writes {result.output_dir}")
+        return 0
+    print(result.metrics["evaluation"]["table"])
+    print(f"wrote {result.output_dir}/: adapter/, metrics.json, loss_curve.png, report.md")
     return 0
 
 
