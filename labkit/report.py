@@ -56,8 +56,8 @@ def report_markdown(cfg: RunConfig, summary, history, metrics: dict, max_misses:
     lines += ["", "## Training", "", "```", history.summary(), "```", "", "![loss curve](loss_curve.png)", "",
               f"- training time: {tr['train_seconds'] / 60:.1f} min ({tr['steps']} steps); whole run "
               f"{metrics.get('wall_seconds', tr['load_and_train_seconds']) / 60:.1f} min",
-              f"- throughput: {tr['tokens_per_sec']:.0f} tokens/s per process "
-              f"({tr['tokens_per_sec_all_processes']:.0f} in all)",
+              f"- throughput: {tr['tokens_per_sec']:.0f} tokens/s (answer and prompt tokens, padding excluded; "
+              f"{tr['tokens_per_sec_per_process']:.0f} per process)",
               f"- peak memory (rank 0): {_fmt_mb(tr['peak_memory_mb'])}", "",
               "## Data", "", "```", str(summary), "```", "",
               "## Config", "", "```yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(), "```", ""]

@@ -372,8 +372,10 @@ def _training_metrics(history, train_s: float, cfg: RunConfig) -> dict:
     return {"train_loss": history.train_loss, "train_epochs": history.train_epochs,
             "epoch_train_loss": history.epoch_train_loss, "val_loss": history.val_loss,
             "best_epoch": history.best_epoch, "steps": history.steps, "train_seconds": history.wall_seconds,
-            "load_and_train_seconds": train_s, "tokens_per_sec": history.tokens_per_sec,
-            "tokens_per_sec_all_processes": history.tokens_per_sec * world_size(),
+            "load_and_train_seconds": train_s,
+            # the Trainer counts the tokens of every rank (gathered), so this is the whole run's throughput
+            "tokens_per_sec": history.tokens_per_sec,
+            "tokens_per_sec_per_process": history.tokens_per_sec / world_size(),
             "peak_memory_mb": history.peak_memory_mb, "processes": world_size(),
             "effective_batch": effective_batch(cfg)}
 

@@ -91,8 +91,8 @@ def test_two_processes_match_one_process_at_double_batch(tmp_path, tiny_folder):
     assert m1["effective_batch"] == m2["effective_batch"] == 4
     assert m1["steps"] == m2["steps"] == 4
     diffs = [abs(a - b) for a, b in zip(m1["train_loss"], m2["train_loss"], strict=True)]
-    print(f"per-step |loss 1 proc - loss 2 procs|: max {max(diffs):.2e}; tokens/s per process "
-          f"{m1['tokens_per_sec']:.0f} (1 proc) vs {m2['tokens_per_sec']:.0f} (2 procs)")
+    print(f"per-step |loss 1 proc - loss 2 procs|: max {max(diffs):.2e}; tokens/s "
+          f"{m1['tokens_per_sec']:.0f} (1 proc) vs {m2['tokens_per_sec']:.0f} (2 procs together)")
     assert max(diffs) < LOSS_TOL, (m1["train_loss"], m2["train_loss"])
     assert all(abs(a - b) < LOSS_TOL for a, b in zip(m1["val_loss"], m2["val_loss"], strict=True))
     assert m1["train_loss"][-1] < m1["train_loss"][0] - 1e-3, "the runs must actually learn for this to mean much"
