@@ -288,3 +288,23 @@ def test_chat_template_renders_with_the_tokenizer(tmp_path, tok):
     assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in data.train)
     assert prompt_for(cfg, tok, "Say 3") == tok.apply_chat_template(
         [{"role": "user", "content": "Say 3"}], tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The shipped accelerate configs (parsed by accelerate itself, which rejects unknown keys)
+
+
+@pytest.mark.parametrize("name, kind, extra", [
+    ("ddp.yaml", "MULTI_GPU", {}),
+    ("fsdp2.yaml", "FSDP", {"fsdp_version": 2}),
+    ("fsdp2_qlora.yaml", "FSDP", {"fsdp_version": 2}),
+    ("deepspeed_zero2.yaml", "DEEPSPEED", {"zero_stage": 2}),
+    ("deepspeed_zero3.yaml", "DEEPSPEED", {"zero_stage": 3}),
+])
+def test_accelerate_configs_parse(name, kind, extra):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(ROOT / "examples" / "accelerate" / name))
+    assert cfg.distributed_type.value == kind and cfg.num_processes >= 2
+    section = cfg.fsdp_config if kind == "FSDP" else cfg.deepspeed_config if kind == "DEEPSPEED" else {}
+    assert all(section.get(k) == v for k, v in extra.items())
