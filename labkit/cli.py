@@ -105,6 +105,8 @@ def _train(args) -> int:
     from labkit.run import dry_run, is_main_process, rank, train_from_config, world_size
 
     cfg = load_config(args.config)
+    if args.quiet:
+        _quiet()
     if args.output:
         cfg.output.dir = args.output
     if args.dry_run:
@@ -117,6 +119,15 @@ def _train(args) -> int:
     print(result.metrics["evaluation"]["table"])
     print(f"wrote {result.output_dir}/: adapter/, metrics.json, loss_curve.png, report.md")
     return 0
+
+
+def _quiet() -> None:
+    """No progress bars from datasets (TRL's tokenising passes) or transformers (weight loading)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _eval(args) -> int:
@@ -133,6 +144,8 @@ def _eval(args) -> int:
     else:
         cfg = load_config(args.config or target)
         adapter = cfg.output_dir / "adapter"
+    if args.quiet:
+        _quiet()
     result = evaluate_adapter(cfg, adapter, progress=not args.quiet)
     print(result["table"])
     for m in result["misses"][:10]:

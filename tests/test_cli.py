@@ -137,6 +137,8 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     assert cli.main(["eval", str(out / "adapter"), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "base vs tuned on 2 held-out records" in text and "general probe" in text
+    assert cli.main(["eval", str(tiny_config), "--quiet"]) == 0  # the config finds its adapter in output.dir
+    assert capsys.readouterr().out.split("general probe")[0] == text.split("general probe")[0]
 
     assert cli.main(["chat", str(out), "--prompt", "Say hi", "--max-new-tokens", "3"]) == 0
     said = capsys.readouterr().out.strip()
