@@ -126,7 +126,7 @@ def _quiet() -> None:
     import datasets
     import transformers
 
-    datasets.disable_progress_bars()
+    datasets.utils.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 
 
