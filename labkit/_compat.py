@@ -135,6 +135,33 @@ def trl_fused_head_labelled_only(device: str) -> Iterator[None]:
 # transformers
 
 
+def rewrap_after_eval(trainer) -> bool:
+    """Let `trainer.train()` wrap the model in DDP after a `trainer.evaluate()` (tested on transformers
+    5.24 / accelerate 1.15) → True if it had to.
+
+    `evaluate()` before `train()` prepares the model for evaluation only (`prepare_model(...,
+    evaluation_mode=True)`: no DistributedDataParallel) and marks it `_is_accelerate_prepared`;
+    `train()` then finds the mark and never wraps it. Each rank trains on its own shard with no
+    gradient sync: the run finishes, the ranks silently disagree, and rank 0 saves a model trained
+    on 1/N of the data. labkit evaluates before training (the epoch-0 validation loss), so it clears
+    the mark (and the autocast forward that prepare added) in multi-process DDP runs. FSDP and
+    DeepSpeed are prepared fully by evaluate() and are left alone. If accelerate renames the mark,
+    tests/test_ddp.py fails (2-process losses no longer match 1 process).
+    """
+    model = trainer.model
+    acc = trainer.accelerator
+    if acc.num_processes < 2 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return False
+    if not getattr(model, "_is_accelerate_prepared", False) or trainer.model_wrapped is not model:
+        return False
+    if hasattr(model, "_original_forward"):  # undo prepare's autocast wrapper; train() adds it again
+        model.forward = model._original_forward
+        del model._original_forward
+    model._is_accelerate_prepared = False
+    acc._models[:] = [m for m in acc._models if m is not model]
+    return True
+
+
 def checkpointing_key() -> str:
     """The TrainingArguments name of gradient checkpointing.
 

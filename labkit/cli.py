@@ -1,4 +1,8 @@
-"""The `labkit` command: `labkit doctor`, `labkit course`."""
+"""The `labkit` command: doctor, cache, course, and train / eval / chat / merge from a run config.
+
+The run logic lives in labkit.run (and labkit.config, labkit.report); this file only parses arguments.
+`labkit train` runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch`.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,73 @@ import argparse
 import sys
 from pathlib import Path
 
+_TRAIN_EXAMPLES = """examples:
+  labkit train examples/invoices.yaml --dry-run     check the config and data, show sizes; train nothing
+  labkit train examples/invoices.yaml               train, evaluate, write runs/invoices/
+  labkit train examples/invoices.yaml --resume      continue from the last checkpoint
+  labkit train my.yaml --output runs/try2           another output folder
+  torchrun --nproc_per_node 2 -m labkit.cli train my.yaml      the same run on 2 processes
+  accelerate launch --config_file examples/accelerate/ddp.yaml -m labkit.cli train my.yaml
+"""
+_EVAL_EXAMPLES = """examples:
+  labkit eval examples/invoices.yaml                the run's adapter (from output.dir) vs the base
+  labkit eval runs/invoices/adapter                 the same, from the adapter folder
+  labkit eval runs/invoices/adapter --config other.yaml    an adapter on another config's test set
+"""
+_CHAT_EXAMPLES = """examples:
+  labkit chat runs/invoices/adapter                 type a request, get the tuned model's answer
+  labkit chat runs/invoices/adapter --prompt "Invoice: 2 pens at 1.50 EUR each"    one answer, for scripts
+  labkit chat runs/invoices/adapter --base --prompt "..."                           the base, adapters off
+"""
+_MERGE_EXAMPLES = """examples:
+  labkit merge runs/invoices/adapter runs/invoices/merged
+  python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('runs/invoices/merged')"
+"""
 
-def main(argv: list[str] | None = None) -> int:
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="The fine-tuning course's lab kit.")
     sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
     sub.add_parser("doctor", help="preflight checks before a workshop (OK / WARN / FAIL per line)")
     sub.add_parser("cache", help="convert the embedded model to the fast cache now (before a workshop)")
     course = sub.add_parser("course", help="run every lesson headless and print the course report")
     course.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
     course.add_argument("--root", type=Path, default=None,
                         help="the course checkout (default: found upwards from the working directory)")
-    args = parser.parse_args(argv)
 
+    train = sub.add_parser("train", help="fine-tune from a YAML run config", epilog=_TRAIN_EXAMPLES, formatter_class=fmt,
+                           description="Train LoRA/QLoRA from one YAML file; write the adapter, metrics.json, "
+                                       "loss_curve.png and report.md to the output folder.")
+    train.add_argument("config", help="the run config (YAML), e.g. examples/invoices.yaml")
+    train.add_argument("--dry-run", action="store_true", help="validate and print sizes; train nothing")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's last checkpoint")
+    train.add_argument("--output", help="output folder (overrides output.dir)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="base vs tuned on the test records", epilog=_EVAL_EXAMPLES, formatter_class=fmt,
+                        description="Evaluate a trained adapter and its base model on the test records.")
+    ev.add_argument("target", help="a run config (YAML) or an adapter folder written by labkit train")
+    ev.add_argument("--config", help="take the test records from this config instead of the adapter's own")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    chat = sub.add_parser("chat", help="talk to a trained adapter", epilog=_CHAT_EXAMPLES, formatter_class=fmt,
+                          description="Chat with a trained adapter through the template it was trained with.")
+    chat.add_argument("adapter", help="an adapter folder written by labkit train (or its run folder)")
+    chat.add_argument("--prompt", help="answer this one request and exit (for scripts)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="generation cap (default 256)")
+    chat.add_argument("--base", action="store_true", help="answer with the base model (adapters off)")
+
+    merge = sub.add_parser("merge", help="merge an adapter into a full-precision base", epilog=_MERGE_EXAMPLES,
+                           formatter_class=fmt, description="Merge the adapter into a full-precision (fp32) "
+                           "copy of its base, verify merged == adapter + base, save safetensors and tokenizer.")
+    merge.add_argument("adapter", help="an adapter folder written by labkit train (or its run folder)")
+    merge.add_argument("out", help="folder for the merged model")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "doctor":
         from labkit.doctor import doctor
 
@@ -38,8 +97,111 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 2
         return 0 if all(r.ok for r in runs) else 1
-    return 2
+    from labkit.config import ConfigError
+    from labkit.data import RecordError
+
+    commands = {"train": _train, "eval": _eval, "chat": _chat, "merge": _merge}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, RecordError, FileNotFoundError) as exc:
+        print(f"labkit {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from labkit.config import load_config
+    from labkit.run import dry_run, is_main_process, rank, train_from_config, world_size
+
+    cfg = load_config(args.config)
+    if args.quiet:
+        _quiet()
+    if args.output:
+        cfg.output.dir = args.output
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    result = train_from_config(cfg, resume=args.resume, progress=not args.quiet)
+    if not is_main_process():
+        print(f"labkit train: rank {rank()} of {world_size()} done; rank 0 evaluates and writes {result.output_dir}")
+        return 0
+    print(result.metrics["evaluation"]["table"])
+    print(f"wrote {result.output_dir}/: adapter/, metrics.json, loss_curve.png, report.md")
+    return 0
+
+
+def _quiet() -> None:
+    """No progress bars from datasets (TRL's tokenising passes) or transformers (weight loading)."""
+    import datasets
+    import transformers
+
+    datasets.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _eval(args) -> int:
+    from pathlib import Path
+
+    from labkit.config import load_config
+    from labkit.run import ADAPTER_CONFIG, evaluate_adapter
+
+    target = Path(args.target)
+    if target.is_dir():
+        adapter = target
+        own = target / ADAPTER_CONFIG if (target / ADAPTER_CONFIG).is_file() else target / "adapter" / ADAPTER_CONFIG
+        cfg = load_config(args.config) if args.config else load_config(own, check_files=True)
+    else:
+        cfg = load_config(args.config or target)
+        adapter = cfg.output_dir / "adapter"
+    if args.quiet:
+        _quiet()
+    result = evaluate_adapter(cfg, adapter, progress=not args.quiet)
+    print(result["table"])
+    for m in result["misses"][:10]:
+        print(f"  want {m['reference']}\n  got  {m['prediction']}")
+    if "probe" in result:
+        print("general probe: " + ", ".join(f"{k} {v:.1%}" for k, v in result["probe"].items() if k != "n"))
+    return 0
+
+
+def _chat(args) -> int:
+    import contextlib
+
+    from labkit.run import load_adapter, prompt_for
+
+    model, tok, cfg = load_adapter(args.adapter)
+    from labkit.evaluate import generate
+
+    def answer(text: str) -> str:
+        ctx = model.disable_adapter() if args.base else contextlib.nullcontext()
+        with ctx:
+            return generate(model, tok, [prompt_for(cfg, tok, text)], max_new_tokens=args.max_new_tokens,
+                            progress=False)[0]
+
+    if args.prompt is not None:
+        print(answer(args.prompt))
+        return 0
+    print(f"Chatting with {args.adapter} ({cfg.model}, template {cfg.data.template!r}). Empty line or Ctrl-D quits.")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        print(f"model> {answer(text)}")
+    return 0
+
+
+def _merge(args) -> int:
+    from labkit.run import merge_adapter
+
+    report = merge_adapter(args.adapter, args.out)
+    print(report)
+    print(f"wrote the merged model (safetensors) and its tokenizer to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

@@ -40,6 +40,7 @@ from labkit._compat import (
     checkpointing_key,
     no_repacking,
     packed_nf4_layers,
+    rewrap_after_eval,
     trl_fused_head_labelled_only,
     unpack_nf4_for_training,
 )
@@ -499,6 +500,7 @@ class _Run:
         _reset_peak_memory()
         has_val = trainer.eval_dataset is not None
         val0 = _pre_training_val_loss(trainer, self.out, self.checkpoint) if has_val else None
+        rewrap_after_eval(trainer)  # multi-process: evaluate() above must not stop DDP wrapping
         live = self._live_plot(trainer, val0)
         try:
             trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)

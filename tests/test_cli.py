@@ -1,5 +1,7 @@
 """The `labkit` command line."""
 
+import json
+
 import pytest
 
 from labkit import cli
@@ -48,3 +50,113 @@ def test_course_runs_a_notebook_and_collects_its_headline(tmp_path):
     assert runs[0].headline == "it works" and "claim broken" in runs[1].error
     assert (tmp_path / "build" / "course-report.md").exists()
     assert (tmp_path / "build" / "course" / "01_x.html").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# train / eval / chat / merge
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "chat", "merge"])
+def test_run_commands_have_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"labkit {command} " in out
+
+
+def test_train_with_a_bad_config_says_what_and_where(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {course: invoices}\ntraining: {epoch: 2}\n")
+    assert cli.main(["train", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line 2" in err and "training.epoch" in err and "Did you mean 'epochs'?" in err
+
+
+def test_eval_of_a_folder_that_is_not_an_adapter(tmp_path, capsys):
+    assert cli.main(["chat", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "not an adapter folder" in capsys.readouterr().err
+
+
+def test_effective_batch_counts_processes(monkeypatch):
+    from labkit.config import config_from_dict
+    from labkit.run import effective_batch, is_main_process, rank, world_size
+
+    cfg = config_from_dict({"data": {"course": "invoices"},
+                            "training": {"batch_size": 4, "gradient_accumulation_steps": 2}})
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert (effective_batch(cfg), world_size(), rank(), is_main_process()) == (32, 4, 3, False)
+    assert effective_batch(cfg, processes=1) == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """A run config on a tiny random Llama saved as a local folder (fast: no real model)."""
+    from labkit.models import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    model, tok = tiny_model()
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(f"model: {root / 'model'}\nquantization: none\n"
+                   "data: {course: invoices, n_train: 8, n_val: 2, n_test: 2}\n"
+                   "lora: {r: 4, alpha: 8, dropout: 0.0, targets: all}\n"
+                   "training: {epochs: 1, learning_rate: 1.0e-3, batch_size: 4}\n"
+                   "evaluation: {max_new_tokens: 4, probe: true}\n"
+                   f"output: {{dir: {root / 'out'}}}\n")
+    return cfg
+
+
+def test_dry_run_prints_sizes_and_trains_nothing(tiny_config, capsys):
+    assert cli.main(["train", str(tiny_config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "records used: train 8 (of 256), val 2 (of 32), test 2 (of 68)" in out
+    assert "trainable params: 8,192" in out
+    assert "effective batch: 4 per device × 1 accumulation × 1 process(es) = 4" in out
+    assert "memory estimate" in out and "total" in out
+    assert not (tiny_config.parent / "out").exists()
+
+
+@pytest.mark.slow
+def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
+    out = tiny_config.parent / "out"
+    assert cli.main(["train", str(tiny_config), "--quiet"]) == 0
+    assert {"adapter", "checkpoints", "metrics.json", "loss_curve.png", "report.md"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["evaluation"]) >= {"base", "tuned", "misses", "probe"}
+    assert metrics["training"]["steps"] == 2 and len(metrics["training"]["val_loss"]) == 2
+    report = (out / "report.md").read_text()
+    for part in ("## Results", "exact match", "## Misses", "## Training", "tokens/s", "peak memory",
+                 "## Data", "dropped", "## Config", "learning_rate: 0.001"):
+        assert part in report, part
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "adapter"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "base vs tuned on 2 held-out records" in text and "general probe" in text
+    assert cli.main(["eval", str(tiny_config), "--quiet"]) == 0  # the config finds its adapter in output.dir
+    assert capsys.readouterr().out.split("general probe")[0] == text.split("general probe")[0]
+
+    assert cli.main(["chat", str(out), "--prompt", "Say hi", "--max-new-tokens", "3"]) == 0
+    said = capsys.readouterr().out.strip()
+    from labkit.data import format_prompt
+    from labkit.evaluate import generate
+    from labkit.run import load_adapter
+
+    model, tok, _ = load_adapter(out / "adapter")  # the chat answer is the tuned model's, on the course template
+    assert said == generate(model, tok, [format_prompt("Say hi")], max_new_tokens=3, progress=False)[0]
+
+    assert cli.main(["merge", str(out / "adapter"), str(out / "merged")]) == 0
+    assert "OK" in capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (out / "merged" / "model.safetensors").exists()
+
+    assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
+    again = json.loads((out / "metrics.json").read_text())["training"]
+    assert again["val_loss"] == metrics["training"]["val_loss"] and again["steps"] == 2
