@@ -3,7 +3,9 @@
 Slow: it downloads about 250 MB of wheels from PyPI (CI can reach it) and installs them. The bundle is
 built for this machine's Python and platform WITHOUT torch, as for a target that already has torch:
 the fresh venv gets torch==2.13.0 first (a local wheel here), then everything else from the bundle
-folder alone, with pip's configuration files and indexes switched off.
+folder alone, with pip's configuration files and indexes switched off: first the way the Colab
+setup cell does it (labkit with --no-deps, then labkit.colab.setup() installs the unmet runtime
+requirements and the model, torch held), then the two commands of INSTALL.txt (adding the lab extra).
 """
 
 import os
@@ -73,8 +75,16 @@ def test_bundle_without_torch_installs_offline_into_a_fresh_venv(tmp_path):
     py = str(venv / "bin" / "python")
     run([py, "-m", "pip", "install", "-q", "torch==2.13.0"])  # the target's own torch
     offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHONPATH"))}
-    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1")  # no config, no index: the folder only
-    for line in (folder / "INSTALL.txt").read_text().splitlines()[1:]:  # as documented, in the folder
+    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(folder))  # the folder only
+    # First as the Colab setup cell does it: labkit alone, then labkit.colab.setup() installs the rest
+    # (packaging first: Colab has it, and setup() reads version ranges with it).
+    run([py, "-m", "pip", "install", "-q", "--no-deps", "labkit", "packaging"], env=offline, cwd=tmp_path)
+    model = next(line.split()[-1] for line in (folder / "INSTALL.txt").read_text().splitlines() if "--no-deps" in line)
+    setup = f"import labkit.colab; print(labkit.colab.setup('unused', labkit.__version__, {model!r}))"
+    out = run([py, "-c", "import labkit\n" + setup], env=offline, cwd=tmp_path)
+    assert "labkit is ready; no restart needed" in out and out.rstrip().endswith("[]"), out
+    run([py, "-c", "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"], env=offline)
+    for line in (folder / "INSTALL.txt").read_text().splitlines()[1:]:  # then the documented commands, as written
         command = line.strip().replace("pip install", f"{py} -m pip install", 1)
         done = subprocess.run(command, shell=True, env=offline, cwd=folder, capture_output=True, text=True, timeout=1500)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

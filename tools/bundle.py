@@ -139,8 +139,9 @@ def build(args: argparse.Namespace) -> Path:
     extras = {e for e in args.extras.split(",") if e}
     opts = target_options(args.python, args.platform)
     constraints = None if args.no_constraints else ROOT / "constraints.txt"
+    requirement = f"{wheel}[{','.join(sorted(extras))}]" if extras else str(wheel)
     with tempfile.TemporaryDirectory() as tmp:
-        dists = resolve(f"{wheel}[{','.join(sorted(extras))}]", opts, constraints, Path(tmp) / "report.json")
+        dists = resolve(requirement, opts, constraints, Path(tmp) / "report.json")
     kept, missing = keep(dists, "labkit", extras, without, target_environment(args.python, args.platform))
     if missing:
         print(f"warning: the target needs {sorted(missing)}, which pip did not resolve on this machine: "
