@@ -1,6 +1,9 @@
-"""Checks of the experiment exercises (Exercise 1: forgetting, Exercise 2: a bad fine-tune), on made-up numbers."""
+"""Checks of the experiment exercises (E5: forgetting, E6: a bad fine-tune), on made-up numbers."""
+
+import pytest
 
 from labkit.exercises import check_forgetting, check_overfitting
+from labkit.exercises.experiments import ablation_table
 from labkit.train import History
 
 
@@ -35,14 +38,39 @@ def _history(val, train, best=None):
     return History(val_loss=val, epoch_train_loss=train, best_epoch=best)
 
 
-def test_check_overfitting(capsys):
+def test_check_overfitting_confirms_the_epoch_the_learner_read(capsys):
     bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
-    fixed = _history([2.0, 1.1, 0.85, 0.84], [1.6, 1.0, 0.9], best=3)
-    assert check_overfitting(bad, fixed, 2)
-    assert not check_overfitting(bad, fixed, 3)  # wrong epoch
-    assert "find_overfitting_epoch" in capsys.readouterr().out
+    assert check_overfitting(bad, 2)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_check_overfitting_says_what_is_wrong_without_the_answer(capsys):
+    bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
+    assert not check_overfitting(bad, 1)  # too early: val still fell after epoch 1
+    early = capsys.readouterr().out
+    assert "still fell (1.000 -> 0.800)" in early and "further along" in early
+    assert not check_overfitting(bad, 4)  # too late
+    late = capsys.readouterr().out
+    assert "Look earlier" in late
+    assert not check_overfitting(bad, "two")
+    assert "whole number" in capsys.readouterr().out
+    for text in (early, late):
+        assert "epoch 2" not in text and "find_overfitting_epoch" not in text, "feedback must not give the answer"
+
+
+def test_check_overfitting_needs_an_overfitting_run_and_a_fix_that_helps(capsys):
     no_overfit = _history([2.0, 1.0, 0.8, 0.7], [1.5, 0.9, 0.5])
-    assert not check_overfitting(no_overfit, fixed, None)
-    worse_fix = _history([2.0, 1.6, 1.4, 1.3], [1.8, 1.6, 1.5], best=3)
-    assert not check_overfitting(bad, worse_fix, 2)
-    assert "Lower the learning rate" in capsys.readouterr().out
+    assert not check_overfitting(no_overfit, None)
+    assert "never rose" in capsys.readouterr().out
+    bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
+    assert check_overfitting(bad, 2, {"early stopping": 0.8, "dropout": 1.3})
+    capsys.readouterr()
+    assert not check_overfitting(bad, 2, {"dropout": 1.3, "lower LR": 1.25})
+    assert "No fix left a model better" in capsys.readouterr().out
+
+
+def test_ablation_table_sorts_best_first_and_measures_against_the_bad_run():
+    rows = ablation_table(1.2, {"dropout": 1.3, "early stopping": 0.8})
+    assert [r["fix"] for r in rows] == ["none (the bad run)", "early stopping", "dropout"]
+    assert rows[1]["change"] == pytest.approx(-0.4) and rows[1]["helped"]
+    assert rows[2]["change"] == pytest.approx(0.1) and not rows[2]["helped"]
