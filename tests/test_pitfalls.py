@@ -2,7 +2,7 @@
 
 import pytest
 
-from labkit.exercises import check_forgetting, check_overfitting
+from labkit.exercises import check_forgetting, check_overfitting, check_rank_choice
 from labkit.exercises.experiments import ablation_table
 from labkit.train import History
 
@@ -74,3 +74,27 @@ def test_ablation_table_sorts_best_first_and_measures_against_the_bad_run():
     assert [r["fix"] for r in rows] == ["none (the bad run)", "early stopping", "dropout"]
     assert rows[1]["change"] == pytest.approx(-0.4) and rows[1]["helped"]
     assert rows[2]["change"] == pytest.approx(0.1) and not rows[2]["helped"]
+
+
+def _sweep(losses):
+    return [{"r": r, "trainable": r * 1000, "val_loss": v} for r, v in zip((2, 8, 16, 64), losses, strict=True)]
+
+
+def test_check_rank_choice_accepts_the_smallest_rank_that_is_as_good(capsys):
+    sweep = _sweep([0.50, 0.30, 0.29, 0.295])
+    assert check_rank_choice(sweep, 8)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_check_rank_choice_says_what_is_wrong_without_the_answer(capsys):
+    sweep = _sweep([0.50, 0.30, 0.29, 0.295])
+    assert not check_rank_choice(sweep, 2)
+    too_small = capsys.readouterr().out
+    assert "larger rank still paid off" in too_small
+    assert not check_rank_choice(sweep, 64)
+    too_big = capsys.readouterr().out
+    assert "returns had stopped before" in too_big
+    assert not check_rank_choice(sweep, 32)
+    assert "one of [2, 8, 16, 64]" in capsys.readouterr().out
+    for text in (too_small, too_big):
+        assert "r=8 " not in text and "r=8." not in text, "feedback must not name the answer"

@@ -150,3 +150,36 @@ def check_overfitting(bad, my_epoch: int | None, fixes: Mapping[str, float] | No
                                   "fresh model and change only its one setting?"))
         fb.passed.append("at least one fix beats the bad run")
     return report(fb)
+
+
+# E4: "as good as the best rank" = validation loss within this fraction of the best rank's.
+RANK_TOLERANCE = 0.05
+
+
+def check_rank_choice(sweep: Sequence[Mapping], my_r: int) -> bool:
+    """E4: `my_r` is the smallest rank whose validation loss is within RANK_TOLERANCE of the best rank's.
+
+    sweep: one dict per rank with "r", "trainable" and "val_loss" (what the sweep cell builds).
+    """
+    fb = Feedback("rank sweep")
+    rows = sorted(sweep, key=lambda row: row["r"])
+    if len(rows) < 3:
+        return report(fb.fail("the sweep", "at least three ranks", [row.get("r") for row in rows],
+                              "Run the sweep over RANKS before choosing."))
+    fb.passed.append(f"{len(rows)} ranks measured")
+    ranks = [row["r"] for row in rows]
+    if my_r not in ranks:
+        return report(fb.fail("your rank", f"one of {ranks}", my_r, "Pick one of the ranks you measured."))
+    best = min(row["val_loss"] for row in rows)
+    good_enough = [row["r"] for row in rows if row["val_loss"] <= (1 + RANK_TOLERANCE) * best]
+    mine = next(row for row in rows if row["r"] == my_r)
+    if my_r not in good_enough:
+        return report(fb.fail(f"r={my_r}", f"val loss within {RANK_TOLERANCE:.0%} of the best ({best:.3f})",
+                              round(mine["val_loss"], 3),
+                              "A larger rank still paid off: its validation loss is clearly lower than this one's."))
+    if my_r != good_enough[0]:
+        return report(fb.fail(f"r={my_r}", "the smallest rank that is as good", my_r,
+                              f"A smaller rank came within {RANK_TOLERANCE:.0%} of the best validation loss with "
+                              f"fewer parameters than r={my_r}'s {mine['trainable']:,}: returns had stopped before."))
+    fb.passed.append(f"returns stop at r={my_r}")
+    return report(fb)
