@@ -98,3 +98,23 @@ def test_check_rank_choice_says_what_is_wrong_without_the_answer(capsys):
     assert "one of [2, 8, 16, 64]" in capsys.readouterr().out
     for text in (too_small, too_big):
         assert "r=8 " not in text and "r=8." not in text, "feedback must not name the answer"
+
+
+def test_val_loss_of_is_the_token_weighted_mean_of_the_records_losses():
+    import torch
+
+    from labkit.data import to_record, tokenize_with_labels
+    from labkit.exercises.experiments import val_loss_of
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model()
+    records = [to_record("Hi?", "Hello there, how are you today?"), to_record("Capital of France?", "Paris.")]
+    losses, counts = [], []
+    for r in records:
+        enc = tokenize_with_labels(r, tok)
+        with torch.no_grad():
+            losses.append(model(**{k: torch.tensor([v]) for k, v in enc.items()}).loss.item())
+        counts.append(sum(label != -100 for label in enc["labels"][1:]))
+    expected = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
+    assert counts[0] != counts[1]  # so a plain mean would differ
+    assert val_loss_of(model, tok, records) == pytest.approx(expected, rel=1e-6)
