@@ -187,3 +187,112 @@ def plot_forgetting(results, ax=None, task_label: str = "task gain (exact match,
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return ax
+
+
+# ------------------------------------------------------------------------------------------------
+# Pictures for the lessons and exercises (engineer "learner"); each returns a Figure.
+
+
+def nf4_levels() -> list[float]:
+    """The 16 NF4 code values in [-1, 1], as bitsandbytes quantises with them."""
+    from bitsandbytes.functional import get_4bit_type
+
+    return get_4bit_type("nf4", device="cpu").tolist()
+
+
+def plot_nf4_levels(weight, blocksize: int = 64, bins: int = 120, title: str = ""):
+    """Histogram of a real weight matrix, scaled per block as NF4 does, under NF4's 16 code levels → Figure.
+
+    NF4 divides each block of `blocksize` weights by the block's largest |weight| and rounds to the
+    nearest of 16 levels. Why the picture: the levels crowd where the weights crowd (near 0), which
+    is what makes 4 bits lose little on normally distributed weights.
+    """
+    import torch
+
+    w = torch.as_tensor(weight).detach().float().flatten()
+    if w.numel() % blocksize:
+        raise ValueError(f"The weight has {w.numel()} numbers, not a multiple of blocksize={blocksize}.")
+    blocks = w.reshape(-1, blocksize)
+    scaled = (blocks / blocks.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)).flatten().numpy()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist(scaled, bins=bins, range=(-1, 1), color="C0", alpha=0.7, label="weights / block absmax")
+    for i, level in enumerate(nf4_levels()):
+        ax.axvline(level, color="C3", lw=1, label="NF4's 16 levels" if i == 0 else None)
+    ax.set_xlabel(f"weight divided by its block's largest |weight| (blocks of {blocksize})")
+    ax.set_ylabel("count")
+    ax.set_title(title or "NF4 puts its levels where the weights are")
+    ax.legend(fontsize=8, loc="upper right")
+    plt.close(fig)
+    return fig
+
+
+def plot_label_mask(rows, per_line: int = 12):
+    """A record's tokens as a coloured strip: grey = masked (label -100), green = learned → Figure.
+
+    `rows`: (token, label, status) triples, as `labkit.data.label_table` returns them. Why: the
+    boundary between prompt and answer, and the learned EOS at the end, are seen at a glance.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("plot_label_mask needs at least one (token, label, status) row.")
+    n_lines = (len(rows) + per_line - 1) // per_line
+    fig, ax = plt.subplots(figsize=(per_line * 1.05, 0.75 * n_lines + 0.6))
+    for i, (token, label, _status) in enumerate(rows):
+        x, y = i % per_line, -(i // per_line)
+        learned = label != -100
+        ax.add_patch(plt.Rectangle((x, y - 0.4), 0.95, 0.8, color="#8fd18f" if learned else "#d9d9d9"))
+        ax.text(x + 0.475, y, repr(token)[1:-1], ha="center", va="center", fontsize=8, family="monospace")
+    ax.set_xlim(-0.1, per_line)
+    ax.set_ylim(-n_lines + 0.4, 0.6)
+    ax.axis("off")
+    ax.set_title("label mask: grey = prompt, masked (-100); green = answer and EOS, learned", fontsize=9)
+    plt.close(fig)
+    return fig
+
+
+def plot_rank_sweep(rows):
+    """Rank sweep: exact match and validation loss against r, trainable parameters on top → Figure.
+
+    `rows`: dicts with "r", "trainable", "exact_match" (fraction) and "val_loss". Why two panels on a
+    log-2 rank axis: returns that stop show as a flat line while the parameter count keeps doubling.
+    """
+    rows = sorted(rows, key=lambda row: row["r"])
+    missing = [k for k in ("r", "trainable", "exact_match", "val_loss") if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"plot_rank_sweep needs rows with r, trainable, exact_match, val_loss (missing {missing}).")
+    ranks = [row["r"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(ranks, [100 * row["exact_match"] for row in rows], "o-", color="C2")
+    left.set_ylabel("held-out exact match (%)")
+    right.plot(ranks, [row["val_loss"] for row in rows], "o-", color="C0")
+    right.set_ylabel("validation loss")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [f"r={r}\n{row['trainable'] / 1e6:.2f} M" for r, row in zip(ranks, rows, strict=True)])
+        ax.grid(alpha=0.3)
+    fig.suptitle("LoRA rank vs quality (tick labels: rank and trainable parameters)", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_fix_ablation(rows):
+    """E6's ablation: the validation loss each fix leaves you with, against the bad run's → Figure.
+
+    `rows`: labkit.exercises.experiments.ablation_table output (dicts with "fix", "val loss", "change").
+    """
+    rows = list(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
+    names = [row["fix"] for row in rows][::-1]
+    losses = [row["val loss"] for row in rows][::-1]
+    colors = ["C7" if row["change"] == 0 else ("C2" if row["change"] < 0 else "C3") for row in rows][::-1]
+    ax.barh(names, losses, color=colors)
+    for y, (loss, row) in enumerate(zip(losses, rows[::-1], strict=True)):
+        ax.annotate(f"{loss:.3f} ({row['change']:+.3f})", (loss, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xlabel("validation loss of the model you keep (lower is better)")
+    ax.set_title("One fix at a time: green helped, red hurt", fontsize=10)
+    ax.set_xlim(0, max(losses) * 1.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

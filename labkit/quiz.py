@@ -34,76 +34,83 @@ class Question:
 
 QUESTIONS: list[Question] = [
     Question(
-        "Your support bot must answer from internal policy documents that change every month. "
-        "What do you try first?",
-        ("Full fine-tune on the documents", "RAG: retrieve the relevant documents into the prompt",
-         "LoRA fine-tune on the documents", "Train with DPO"),
+        "Your support bot already has a good system prompt, but it must also answer from internal policy "
+        "documents that change every month. What should supply those facts?",
+        ("A LoRA fine-tune on this month's policy documents",
+         "RAG: retrieve the relevant policy pages into the prompt",
+         "A full fine-tune on every policy document you have so far",
+         "DPO on pairs of good and bad answers about policies"),
         1,
-        "Private, changing facts belong in a retrieval index: RAG stays current without retraining. "
+        "Prompting comes first, and here it already handles the behaviour. What is missing are private, "
+        "changing facts, and those belong in a retrieval index: RAG stays current without retraining. "
         "Fine-tuning teaches behaviour (format, tone, skill), not facts that change.",
     ),
     Question(
         "When is fine-tuning (rather than prompting or RAG) the right call?",
-        ("Whenever you have any labelled data",
-         "When the model lacks up-to-date facts",
-         "Always: a tuned model beats a prompt",
-         "When the model needs a new consistent behaviour prompting can't make reliable, and you have ~500+ examples"),
+        ("Whenever you have some labelled data, even a few dozen rows",
+         "When the model lacks up-to-date facts about your products",
+         "A tuned model always beats a prompt, so fine-tune as early as you can",
+         "A new behaviour a prompt can't make reliable, and ~500+ examples"),
         3,
-        "Fine-tune for behaviour (format, tone, niche skill) once a good system prompt falls short, with "
-        "enough examples (rule of thumb ≥ 500). It also pays when many similar queries amortise the cost, "
-        "a smaller tuned model replaces a larger one, or data must stay on-premises.",
+        "Try prompting first. Fine-tune for behaviour (format, tone, niche skill) once a good system prompt "
+        "falls short, with enough examples (rule of thumb ≥ 500). It also pays when many similar queries "
+        "amortise the cost, a smaller tuned model replaces a larger one, or data must stay on-premises.",
     ),
     Question(
         "How does LoRA reduce the memory needed for training?",
-        ("It freezes W and trains two small matrices B·A (rank r), so gradients and optimizer state exist "
-         "only for those",
-         "It deletes half of the model's layers",
-         "It stores the weights in 4-bit",
-         "It trains on shorter sequences"),
+        ("W stays frozen; only B·A get gradients and optimizer state",
+         "It removes half of the layers and trains the remaining ones",
+         "It stores every weight in 4-bit NF4 and trains them directly",
+         "It trains on shorter sequences, so activations take less room"),
         0,
         "With W frozen, only A (r×d) and B (d×r) are trained: for d = 4096, r = 16 that is 131,072 "
         "parameters instead of 16,777,216 (0.78%). Adam keeps two states per trainable parameter, so "
-        "gradient and optimizer memory shrink by the same factor.",
+        "gradient and optimizer memory shrink by the same factor. (4-bit storage is what QLoRA adds.)",
     ),
     Question(
         "What does QLoRA add on top of LoRA?",
-        ("A reward model",
-         "More adapter layers",
-         "The frozen base is stored in 4-bit NF4 (with double quantisation and paged optimisers); "
-         "the adapters still train in 16-bit",
-         "Full fine-tuning of the attention layers"),
+        ("A reward model trained from human rankings of answers",
+         "More adapter layers, inserted between the existing frozen layers",
+         "A 4-bit NF4 frozen base; the adapters still train in 16-bit",
+         "Full fine-tuning of the attention layers, LoRA elsewhere"),
         2,
-        "QLoRA quantises the frozen base weights to 4-bit NF4, so a 70B model's weights take ~35 GB "
-        "instead of 140 GB in fp16: a 65–70B model fits on one 48 GB GPU.",
+        "QLoRA quantises the frozen base weights to 4-bit NF4 (with double quantisation and paged "
+        "optimisers), so a 70B model's weights take ~35 GB instead of 140 GB in fp16: a 65–70B model fits "
+        "on one 48 GB GPU. The adapters are trained in 16-bit as in plain LoRA.",
     ),
     Question(
         "During training, train loss keeps falling while validation loss starts rising. What is happening?",
-        ("Catastrophic forgetting", "Overfitting: stop early at the best validation epoch",
-         "The learning rate is too low", "Everything is fine: lower train loss is better"),
-        1,
-        "Train down + validation up = overfitting: the model memorises the training set. Keep the checkpoint from the "
-        "epoch with the lowest validation loss (early stopping), or use fewer epochs / more data.",
+        ("Catastrophic forgetting: the model loses general knowledge",
+         "The learning rate is too low, so training has not yet converged",
+         "All is well: a lower training loss means a better model",
+         "Overfitting: keep the checkpoint of the best validation epoch"),
+        3,
+        "Train down + validation up = overfitting: the model memorises the training set. Keep the checkpoint "
+        "from the epoch with the lowest validation loss (early stopping), or use fewer epochs, a lower "
+        "learning rate, dropout or more data.",
     ),
     Question(
         "How do you detect catastrophic forgetting after a fine-tune?",
-        ("Look at the training loss",
-         "Count the trainable parameters",
-         "Check that the adapter file is small",
-         "Score the base and the tuned model on a fixed general-knowledge set and compare"),
-        3,
+        ("Compare base and tuned on a fixed general-knowledge set",
+         "Watch whether the training loss rises in the last epochs",
+         "Check that the trainable parameters are under one percent",
+         "Check the held-out exact match on the fine-tuning task"),
+        0,
         "Forgetting is a regression on what the model could do before: measure the same general set "
-        "before and after. LoRA and a lower learning rate usually forget less than full fine-tuning.",
+        "before and after. The task's own scores cannot show it. LoRA and a lower learning rate usually "
+        "forget less than full fine-tuning.",
     ),
     Question(
         "You trained with '### Instruction: … ### Response:' but serve with the chat template. Why does "
         "quality drop?",
-        ("The tokenizer changes", "Chat templates are slower",
-         "The model learned to answer after the exact training template; a "
-         "different prompt is out of distribution for what it was tuned on",
-         "It doesn't: templates don't matter"),
-        2,
-        "A fine-tune learns the mapping from the exact prompt bytes it saw. The template must be identical "
-        "byte for byte at training and inference, or the tuned behaviour may not show up at all.",
+        ("The tokenizer changes its vocabulary with the template",
+         "The model never saw that prompt format while training",
+         "Chat templates make generation slower, so it times out",
+         "It does not drop: models ignore the prompt's wrapping"),
+        1,
+        "A fine-tune learns the mapping from the exact prompt bytes it saw; a different template is out of "
+        "distribution. The template must be identical byte for byte at training and inference, or the tuned "
+        "behaviour may not show up at all (lesson 06 measures it).",
     ),
 ]
 """The course's interview-style questions (fine-tune vs RAG, LoRA, QLoRA, overfitting, forgetting, templates)."""

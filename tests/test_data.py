@@ -283,7 +283,8 @@ def test_check_to_record_accepts_solution_rejects_slips(capsys):
                                              "completion": a.strip()})
     assert not check_to_record(lambda q, a: 1 / 0)
     out = capsys.readouterr().out
-    assert "first difference" in out and "ZeroDivisionError" in out and "strip" in out
+    assert "first difference" in out and "ZeroDivisionError" in out and "stray whitespace" in out
+    assert "### Instruction:\\n' + question" not in out, "feedback says what is wrong, not the solution"
 
 
 def test_check_clean_accepts_solution_rejects_slips(capsys):
@@ -307,7 +308,9 @@ def test_check_clean_accepts_solution_rejects_slips(capsys):
     assert not check_clean(no_strip)
     assert not check_clean(no_count)
     assert not check_clean(raw_pairs)
-    assert "to_record" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not in the course format" in out and "Which rows look empty" in out
+    assert "print(f" not in out and ".strip()" not in out, "feedback says what is wrong, not the solution"
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
-"""Checks of the experiment exercises (Exercise 1: forgetting, Exercise 2: a bad fine-tune), on made-up numbers."""
+"""Checks of the experiment exercises (E5: forgetting, E6: a bad fine-tune), on made-up numbers."""
 
-from labkit.exercises import check_forgetting, check_overfitting
+import pytest
+
+from labkit.exercises import check_forgetting, check_overfitting, check_rank_choice
+from labkit.exercises.experiments import ablation_table
 from labkit.train import History
 
 
@@ -35,14 +38,83 @@ def _history(val, train, best=None):
     return History(val_loss=val, epoch_train_loss=train, best_epoch=best)
 
 
-def test_check_overfitting(capsys):
+def test_check_overfitting_confirms_the_epoch_the_learner_read(capsys):
     bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
-    fixed = _history([2.0, 1.1, 0.85, 0.84], [1.6, 1.0, 0.9], best=3)
-    assert check_overfitting(bad, fixed, 2)
-    assert not check_overfitting(bad, fixed, 3)  # wrong epoch
-    assert "find_overfitting_epoch" in capsys.readouterr().out
+    assert check_overfitting(bad, 2)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_check_overfitting_says_what_is_wrong_without_the_answer(capsys):
+    bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
+    assert not check_overfitting(bad, 1)  # too early: val still fell after epoch 1
+    early = capsys.readouterr().out
+    assert "still fell (1.000 -> 0.800)" in early and "further along" in early
+    assert not check_overfitting(bad, 4)  # too late
+    late = capsys.readouterr().out
+    assert "Look earlier" in late
+    assert not check_overfitting(bad, "two")
+    assert "whole number" in capsys.readouterr().out
+    for text in (early, late):
+        assert "epoch 2" not in text and "find_overfitting_epoch" not in text, "feedback must not give the answer"
+
+
+def test_check_overfitting_needs_an_overfitting_run_and_a_fix_that_helps(capsys):
     no_overfit = _history([2.0, 1.0, 0.8, 0.7], [1.5, 0.9, 0.5])
-    assert not check_overfitting(no_overfit, fixed, None)
-    worse_fix = _history([2.0, 1.6, 1.4, 1.3], [1.8, 1.6, 1.5], best=3)
-    assert not check_overfitting(bad, worse_fix, 2)
-    assert "Lower the learning rate" in capsys.readouterr().out
+    assert not check_overfitting(no_overfit, None)
+    assert "never rose" in capsys.readouterr().out
+    bad = _history([2.0, 1.0, 0.8, 0.9, 1.2], [1.5, 0.9, 0.5, 0.2], best=2)
+    assert check_overfitting(bad, 2, {"early stopping": 0.8, "dropout": 1.3})
+    capsys.readouterr()
+    assert not check_overfitting(bad, 2, {"dropout": 1.3, "lower LR": 1.25})
+    assert "No fix left a model better" in capsys.readouterr().out
+
+
+def test_ablation_table_sorts_best_first_and_measures_against_the_bad_run():
+    rows = ablation_table(1.2, {"dropout": 1.3, "early stopping": 0.8})
+    assert [r["fix"] for r in rows] == ["none (the bad run)", "early stopping", "dropout"]
+    assert rows[1]["change"] == pytest.approx(-0.4) and rows[1]["helped"]
+    assert rows[2]["change"] == pytest.approx(0.1) and not rows[2]["helped"]
+
+
+def _sweep(losses):
+    return [{"r": r, "trainable": r * 1000, "val_loss": v} for r, v in zip((2, 8, 16, 64), losses, strict=True)]
+
+
+def test_check_rank_choice_accepts_the_smallest_rank_that_is_as_good(capsys):
+    sweep = _sweep([0.50, 0.30, 0.29, 0.295])
+    assert check_rank_choice(sweep, 8)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_check_rank_choice_says_what_is_wrong_without_the_answer(capsys):
+    sweep = _sweep([0.50, 0.30, 0.29, 0.295])
+    assert not check_rank_choice(sweep, 2)
+    too_small = capsys.readouterr().out
+    assert "larger rank still paid off" in too_small
+    assert not check_rank_choice(sweep, 64)
+    too_big = capsys.readouterr().out
+    assert "returns had stopped before" in too_big
+    assert not check_rank_choice(sweep, 32)
+    assert "one of [2, 8, 16, 64]" in capsys.readouterr().out
+    for text in (too_small, too_big):
+        assert "r=8 " not in text and "r=8." not in text, "feedback must not name the answer"
+
+
+def test_val_loss_of_is_the_token_weighted_mean_of_the_records_losses():
+    import torch
+
+    from labkit.data import to_record, tokenize_with_labels
+    from labkit.exercises.experiments import val_loss_of
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model()
+    records = [to_record("Hi?", "Hello there, how are you today?"), to_record("Capital of France?", "Paris.")]
+    losses, counts = [], []
+    for r in records:
+        enc = tokenize_with_labels(r, tok)
+        with torch.no_grad():
+            losses.append(model(**{k: torch.tensor([v]) for k, v in enc.items()}).loss.item())
+        counts.append(sum(label != -100 for label in enc["labels"][1:]))
+    expected = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
+    assert counts[0] != counts[1]  # so a plain mean would differ
+    assert val_loss_of(model, tok, records) == pytest.approx(expected, rel=1e-6)

@@ -1,4 +1,4 @@
-"""Check for "Your Turn 2: make the call": the learner's `choose(private_facts, new_behaviour, n_examples)`."""
+"""Check for exercise E1, make the call: the learner's `choose(private_facts, new_behaviour, n_examples)`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checks for the two experiment exercises: Exercise 1 (forgetting) and Exercise 2 (a bad fine-tune).
+"""Checks for the two experiment exercises: E5 (forgetting) and E6 (a bad fine-tune).
 
 These exercises are experiments, so the checks look at two things: that the learner's small
 pieces of logic are right (tested on made-up numbers, where the answer is known), and that the
@@ -7,11 +7,11 @@ experiment's measured results show what the course claims (with the thresholds s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from labkit.exercises.feedback import Feedback, report
 
-# Exercise 1 thresholds: "learned the task" = exact match up by at least this much (fraction).
+# E5 thresholds: "learned the task" = exact match up by at least this much (fraction).
 MIN_TASK_GAIN = 0.25
 
 # made-up before/after numbers → the summary a correct `summarize` returns
@@ -30,7 +30,7 @@ def _close(a, b, tol: float = 1e-9) -> bool:
 
 
 def check_forgetting(summarize: Callable[..., dict], results: Mapping[str, Mapping]) -> bool:
-    """Exercise 1: `summarize` computes gain and drop correctly, and the measured `results` show that
+    """E5: `summarize` computes gain and drop correctly, and the measured `results` show that
     both methods learned the task while full fine-tuning forgot more than LoRA.
 
     results: {"full": summary, "lora": summary}, each summary with task_before/after,
@@ -64,41 +64,122 @@ def check_forgetting(summarize: Callable[..., dict], results: Mapping[str, Mappi
     full, lora = results["full"]["probe_drop"], results["lora"]["probe_drop"]
     if not full > lora:
         return report(fb.fail("full fine-tuning forgot more", f"full drop > LoRA drop ({lora:+.3f})", full,
-                              "Full fine-tuning should forget more at an aggressive learning rate. Check that "
-                              "the full run updates every weight (lora=None) and uses the aggressive rate."))
+                              "Full fine-tuning should forget more at an aggressive learning rate. Does the full "
+                              "run really update every weight (train_sft's docstring says how), at FULL_LR?"))
     fb.passed.append("full fine-tuning forgot more than LoRA")
     return report(fb)
 
 
-def check_overfitting(bad, fixed, overfit_epoch: int | None) -> bool:
-    """Exercise 2: the bad run overfits (and you found where), the fixed run beats its final val loss.
+def val_loss_of(model, tokenizer, records: Sequence[dict]) -> float:
+    """Validation loss of `model` as it is now: the mean loss per answer token (prompts masked).
 
-    bad, fixed: labkit.train.History of the two runs; overfit_epoch: what you found for the bad run.
+    Why measure again instead of reading History.val_loss: this is the model you would ship, so
+    it shows whether early stopping really restored the best checkpoint.
+    """
+    import torch
+
+    from labkit.data import tokenize_with_labels
+    from labkit.models import eval_mode
+
+    total, n_tokens = 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for r in records:
+            enc = tokenize_with_labels(r, tokenizer)
+            n = sum(label != -100 for label in enc["labels"][1:])  # tokens the loss averages over
+            batch = {k: torch.tensor([v], device=model.device) for k, v in enc.items()}
+            total += model(**batch).loss.item() * n
+            n_tokens += n
+    return total / n_tokens
+
+
+def ablation_table(bad_loss: float, fixed_losses: Mapping[str, float]) -> list[dict]:
+    """One row per fix: the val loss of the model it leaves you with, and how much it beat the bad run.
+
+    `bad_loss`: the bad run's final val loss; `fixed_losses`: {fix name: val loss}. Sorted best first,
+    so the fix that helped most is on top; `helped` is False where a fix made things worse.
+    """
+    rows = [{"fix": "none (the bad run)", "val loss": bad_loss, "change": 0.0, "helped": False}]
+    for name, loss in sorted(fixed_losses.items(), key=lambda kv: kv[1]):
+        rows.append({"fix": name, "val loss": loss, "change": loss - bad_loss, "helped": loss < bad_loss})
+    return rows
+
+
+def _epoch_feedback(bad, my_epoch, expected: int) -> str:
+    """What is wrong with the learner's epoch, in terms of the curves, without naming the right one."""
+    val, last = bad.val_loss, len(bad.val_loss) - 1
+    if isinstance(my_epoch, bool) or not isinstance(my_epoch, int) or not 0 <= my_epoch <= last:
+        return f"Name one epoch as a whole number from the 'epoch' column (0 to {last})."
+    if my_epoch < expected:
+        return (f"After epoch {my_epoch} validation loss still fell ({val[my_epoch]:.3f} -> "
+                f"{val[my_epoch + 1]:.3f}): the model was still learning something that carries over to "
+                "new questions. Look further along the curve.")
+    return (f"At epoch {my_epoch} validation loss ({val[my_epoch]:.3f}) is already above an earlier epoch's, "
+            "while training loss kept falling: the model had started to memorise before that. Look earlier.")
+
+
+def check_overfitting(bad, my_epoch: int | None, fixes: Mapping[str, float] | None = None) -> bool:
+    """E6: the bad run overfits, the epoch you read off its curves is where it starts (as
+    `labkit.train.find_overfitting_epoch` confirms), and, given `fixes` ({fix: val loss of the model
+    it leaves you with}), at least one fix beats the bad run's final validation loss.
     """
     from labkit.train import find_overfitting_epoch
 
     fb = Feedback("debug a bad fine-tune")
-    for name, h in (("bad", bad), ("fixed", fixed)):
-        if not getattr(h, "val_loss", None) or len(h.val_loss) < 2:
-            return report(fb.fail(f"{name} run has validation losses", "val_loss per epoch", getattr(h, "val_loss", h),
-                                  "Pass val=... to train_sft so it measures validation loss every epoch."))
-    fb.passed.append("both runs measured validation loss")
+    if not getattr(bad, "val_loss", None) or len(bad.val_loss) < 3:
+        return report(fb.fail("the bad run has validation losses", "val_loss per epoch", getattr(bad, "val_loss", bad),
+                              "Pass val=... to train_sft so it measures validation loss every epoch."))
+    fb.passed.append("the bad run measured validation loss")
     expected = find_overfitting_epoch(bad)
     if expected is None:
-        return report(fb.fail("the bad run overfits", "an epoch where val loss turns up", bad.val_loss,
-                              "With learning rate 1e-3 and 10 epochs on a small set, validation loss should "
-                              "rise again. Did the bad run use those settings?"))
-    if overfit_epoch != expected:
-        return report(fb.fail("overfitting epoch", expected, overfit_epoch,
-                              "The overfitting epoch is the last epoch before validation loss rises while "
-                              "training loss keeps falling: labkit.train.find_overfitting_epoch(history)."))
-    fb.passed.append(f"overfitting found at epoch {expected}")
-    if fixed.best_epoch is None:
-        return report(fb.fail("the fixed run keeps its best checkpoint", "a best epoch", None,
-                              "Use early_stopping_patience=... so the best checkpoint is restored."))
-    best_fixed, final_bad = min(fixed.val_loss), bad.val_loss[-1]
-    if not best_fixed < final_bad:
-        return report(fb.fail("fixed run beats the bad run", f"best val < {final_bad:.4f}", round(best_fixed, 4),
-                              "Lower the learning rate (LoRA: ~2e-4), stop early, add LoRA dropout."))
-    fb.passed.append("the fixed run's best val loss is below the bad run's final val loss")
+        return report(fb.fail("the bad run overfits", "an epoch after which val loss turns up", bad.val_loss,
+                              "Validation loss never rose while training loss fell. Did the bad run keep the "
+                              "colleague's settings (high learning rate, many epochs, a tiny set)?"))
+    fb.passed.append("the bad run overfits")
+    if my_epoch != expected:
+        return report(fb.fail("the epoch where overfitting starts", "the last good epoch", my_epoch,
+                              _epoch_feedback(bad, my_epoch, expected)))
+    fb.passed.append(f"you read the curves right: overfitting starts after epoch {expected}")
+    if fixes is not None:
+        if not fixes:
+            return report(fb.fail("the fixes", "at least one fix", {}, "Run the fixes before checking them."))
+        final_bad = bad.val_loss[-1]
+        if not any(loss < final_bad for loss in fixes.values()):
+            return report(fb.fail("a fix beats the bad run", f"some val loss < {final_bad:.4f}",
+                                  {k: round(v, 4) for k, v in fixes.items()},
+                                  "No fix left a model better than the bad run's. Did each fix start from a "
+                                  "fresh model and change only its one setting?"))
+        fb.passed.append("at least one fix beats the bad run")
+    return report(fb)
+
+
+# E4: "as good as the best rank" = validation loss within this fraction of the best rank's.
+RANK_TOLERANCE = 0.05
+
+
+def check_rank_choice(sweep: Sequence[Mapping], my_r: int) -> bool:
+    """E4: `my_r` is the smallest rank whose validation loss is within RANK_TOLERANCE of the best rank's.
+
+    sweep: one dict per rank with "r", "trainable" and "val_loss" (what the sweep cell builds).
+    """
+    fb = Feedback("rank sweep")
+    rows = sorted(sweep, key=lambda row: row["r"])
+    if len(rows) < 3:
+        return report(fb.fail("the sweep", "at least three ranks", [row.get("r") for row in rows],
+                              "Run the sweep over RANKS before choosing."))
+    fb.passed.append(f"{len(rows)} ranks measured")
+    ranks = [row["r"] for row in rows]
+    if my_r not in ranks:
+        return report(fb.fail("your rank", f"one of {ranks}", my_r, "Pick one of the ranks you measured."))
+    best = min(row["val_loss"] for row in rows)
+    good_enough = [row["r"] for row in rows if row["val_loss"] <= (1 + RANK_TOLERANCE) * best]
+    mine = next(row for row in rows if row["r"] == my_r)
+    if my_r not in good_enough:
+        return report(fb.fail(f"r={my_r}", f"val loss within {RANK_TOLERANCE:.0%} of the best ({best:.3f})",
+                              round(mine["val_loss"], 3),
+                              "A larger rank still paid off: its validation loss is clearly lower than this one's."))
+    if my_r != good_enough[0]:
+        return report(fb.fail(f"r={my_r}", "the smallest rank that is as good", my_r,
+                              f"A smaller rank came within {RANK_TOLERANCE:.0%} of the best validation loss with "
+                              f"fewer parameters than r={my_r}'s {mine['trainable']:,}: returns had stopped before."))
+    fb.passed.append(f"returns stop at r={my_r}")
     return report(fb)

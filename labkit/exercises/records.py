@@ -1,4 +1,4 @@
-"""Checks for the record exercises: "Your Turn 1" (make_record) and the Mini-Challenge (clean)."""
+"""Checks for the record exercises: E2 (make_record) and E3 (clean)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from labkit.exercises.feedback import Feedback, report
 # (question, answer) cases; each catches a plausible slip.
 RECORD_CASES: list[tuple[str, tuple[str, str], str]] = [
     ("a plain FAQ pair", ("How do I reset my password?", "Click \"Forgot password\" on the sign-in page."),
-     "The prompt is '### Instruction:\\n' + question + '\\n\\n### Response:\\n' — a blank line between "
-     "the sections and a newline after 'Response:'."),
+     "Compare your prompt with the target above character by character: the line breaks between and "
+     "after the sections matter, because the model sees every one of them."),
     ("another pair (nothing hard-coded)", ("Which regions do you run in?", "eu-west, us-east and ap-south."),
      "Build the record from the arguments, not from the example above."),
     ("spaces and newlines around the text", ("  Is my data encrypted?\n", " Yes, with AES-256 at rest.  \n"),
-     "Strip the question and the answer (.strip()): stray whitespace makes training prompts differ "
-     "from the ones you type at inference."),
+     "Look at the ends of the question and the answer: stray whitespace there makes training prompts "
+     "differ from the ones you type at inference."),
     ("a multi-line answer", ("How do I rotate an API key?", "1. Create a new key.\n2. Revoke the old one."),
      "Keep the inside of the answer as it is; only strip its ends."),
 ]
@@ -34,7 +34,7 @@ def _diff_hint(expected: object, got: object) -> str:
 
 
 def check_to_record(fn: Callable[[str, str], dict]) -> bool:
-    """Your Turn 1: fn(question, answer) must give the same record as labkit.data.to_record."""
+    """E2: fn(question, answer) must give the same record as labkit.data.to_record."""
     fb = Feedback("make_record")
     for name, (q, a), hint in RECORD_CASES:
         expected = to_record(q, a)
@@ -53,7 +53,7 @@ def check_to_record(fn: Callable[[str, str], dict]) -> bool:
     return report(fb)
 
 
-# (pairs, how many must survive) cases for the Mini-Challenge.
+# (pairs, how many must survive) cases for E3.
 CLEAN_CASES: list[tuple[str, list[tuple[str, str]]]] = [
     ("a small mixed set", [
         ("How do I reset my password?", "Click \"Forgot password\"."),
@@ -74,7 +74,7 @@ CLEAN_CASES: list[tuple[str, list[tuple[str, str]]]] = [
 
 
 def check_clean(fn: Callable[[list[tuple[str, str]]], list[dict]]) -> bool:
-    """Mini-Challenge: fn(pairs) keeps non-blank pairs as to_record records and prints how many it dropped."""
+    """E3: fn(pairs) keeps non-blank pairs as to_record records and prints how many it dropped."""
     fb = Feedback("clean")
     for name, pairs in CLEAN_CASES:
         survivors = [(q, a) for q, a in pairs if q.strip() and a.strip()]
@@ -92,17 +92,17 @@ def check_clean(fn: Callable[[list[tuple[str, str]]], list[dict]]) -> bool:
             return report(fb.fail(name, expected, got, "Return the list of kept records."))
         if got != expected:
             if len(got) != len(expected):
-                hint = (f"Keep a pair only when both texts are non-empty after .strip(): {len(survivors)} of "
-                        f"{len(pairs)} survive here, you kept {len(got)}.")
+                hint = (f"{len(survivors)} of {len(pairs)} pairs should survive here, you kept {len(got)}. Which "
+                    "rows look empty to a reader but are not the empty string?")
             else:
                 bad = next(i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e)
-                hint = ("Format each survivor with to_record(instruction, response). "
+                hint = ("The right pairs survived, but a record is not in the course format. "
                         + _diff_hint(expected[bad], got[bad]))
             return report(fb.fail(name, expected, got, hint))
         printed = out.getvalue()
         if not re.search(rf"(?<![\d.]){n_dropped}(?![\d.])", printed):
             return report(fb.fail(f"{name}: the printed count", f"a line with the number {n_dropped}", printed.strip(),
-                                  "Print how many pairs were dropped, e.g. print(f'dropped {n} of {total}'); "
-                                  "nothing should disappear silently."))
+                                  "Nothing printed the number of dropped pairs: filtering must never drop "
+                                  "silently, so say how many went."))
         fb.passed.append(name)
     return report(fb)
