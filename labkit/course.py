@@ -108,6 +108,11 @@ def _minutes(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
+def _one_line(text: str) -> str:
+    """Text that fits one markdown table cell (an error message can span lines and hold pipes)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> str:
     """The course report: each notebook's time against its budget (over-budget ones flagged)."""
     total = sum(r.seconds for r in runs)
@@ -120,7 +125,7 @@ def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> 
         "|---|---:|---|---:|---|---|",
     ]
     for r in runs:
-        status = "pass" if r.ok else f"FAIL: {r.error}"
+        status = "pass" if r.ok else f"FAIL: {_one_line(r.error)}"
         used = f"{r.seconds / budget:.0%}" if r.seconds <= budget else f"**OVER** ({r.seconds / budget:.0%})"
         lines.append(f"| {r.name} | {_minutes(r.seconds)} | {used} | {r.peak_mb:.0f} | {status} | {r.headline} |")
     n_ok = sum(r.ok for r in runs)

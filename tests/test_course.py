@@ -39,6 +39,8 @@ def test_report_shows_time_against_budget_and_flags_overruns():
     assert "| 05_qlora | 5:30 | **OVER** (110%) |" in text
     assert "Over the 5:00 budget: 05_qlora." in text
     assert "Every notebook within" in report_markdown([NotebookRun("00_setup", 12.0, True, 900.0, "ok")])
+    timeout = report_markdown([NotebookRun("05", 1.0, False, 1.0, "", "CellTimeoutError: timed out\nfrom a | b")])
+    assert "| FAIL: CellTimeoutError: timed out from a \\| b |" in timeout  # one table row
 
 
 def test_live_plot_headless_draws_only_the_final_figure_and_leaves_pyplot_empty():

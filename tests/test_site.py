@@ -109,13 +109,13 @@ def check_site_in_browser(index: Path, course_dir: Path, screenshot: Path | None
             page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
                        else route.abort())
             page.goto(_file_url(index))
+            if screenshot is not None:  # first, so it shows the site as it is, failures included
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
             assert "labkit" in page.title()
             assert not page.locator(".fail").count(), page.locator(".fail").first.inner_text()
             hrefs = page.locator("a[href$='.html']").evaluate_all("links => links.map(a => a.href)")
             assert any("/lessons/" in h for h in hrefs) and any("/exercises/" in h for h in hrefs), hrefs
-            if screenshot is not None:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot), full_page=True)
             for href in hrefs:
                 response = page.goto(href)
                 assert response is None or response.ok, href
