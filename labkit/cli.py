@@ -88,15 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_cached())
         return 0
     if args.command == "course":
-        from labkit.course import run_course
-        from labkit.notebooks import RepoRootNotFound
-
-        try:
-            runs = run_course(only=args.only, root=args.root)
-        except RepoRootNotFound as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        return 0 if all(r.ok for r in runs) else 1
+        return _course(args)
     from labkit.config import ConfigError
     from labkit.data import RecordError
 
@@ -106,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, FileNotFoundError) as exc:
         print(f"labkit {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _course(args) -> int:
+    try:  # nbclient / nbconvert / nbformat come with the [lab] extra, not with a plain install
+        from labkit.course import run_course
+        from labkit.notebooks import RepoRootNotFound
+    except ModuleNotFoundError as exc:
+        print(f"labkit course needs the notebook tools ({exc.name} is missing): "
+              "pip install 'labkit[lab]' (make setup installs them).", file=sys.stderr)
+        return 2
+    try:
+        runs = run_course(only=args.only, root=args.root)
+    except RepoRootNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0 if all(r.ok for r in runs) else 1
 
 
 def _train(args) -> int:

@@ -17,8 +17,37 @@ from pathlib import Path
 from labkit._compat import kernel_pid
 from labkit.memory import peak_rss_mb
 
+# A JupyterLab page, plus: alt text from the output's metadata, a link back to the index, no CDN
+# require.js. Loaded from memory (jinja2 DictLoader), so nothing but this module has to be shipped.
+_NAV_BLOCK = """{%- block body_header -%}
+{{ super() }}
+<nav class="labkit-nav" style="padding: 8px 0 16px 0; font-size: 14px;">
+<a href="../index.html">&larr; Course index</a></nav>
+{%- endblock body_header -%}
+"""
+_PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+NAV
+{% block data_png scoped %}
+{%- set alt = output | get_metadata('alt', 'image/png') or 'A figure drawn by the code above' -%}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ alt | escape_html }}">
+</div>
+{% endblock data_png %}
+"""
+_TEMPLATE_NAME = "labkit_site.html.j2"
+
 HEADLINE_PREFIX = "HEADLINE: "
 BUDGET_SECONDS = 300  # every lesson and solution must run in 5 min on the course's CPU profile
+
+
+def page_exporter(nav: bool = True):
+    """The HTMLExporter for the executed copies (`nav=False`) and every page of `make site` (labkit.site)."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    template = _PAGE_TEMPLATE.replace("NAV\n", _NAV_BLOCK if nav else "")
+    return HTMLExporter(extra_loaders=[DictLoader({_TEMPLATE_NAME: template})], template_file=_TEMPLATE_NAME)
 
 
 def headline(text: str) -> None:
@@ -69,7 +98,6 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     from nbclient.exceptions import CellExecutionError
 
     from labkit.notebooks import execute_with, kernel_client
-    from labkit.site import page_exporter
 
     nb = nbformat.read(str(path), as_version=4)
     client = kernel_client(nb, path.parent, timeout)

@@ -24,25 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-# A JupyterLab page, plus: alt text from the output's metadata, a link back to the index, no CDN
-# require.js. Loaded from memory (jinja2 DictLoader), so nothing but this module has to be shipped.
-_NAV_BLOCK = """{%- block body_header -%}
-{{ super() }}
-<nav class="labkit-nav" style="padding: 8px 0 16px 0; font-size: 14px;">
-<a href="../index.html">&larr; Course index</a></nav>
-{%- endblock body_header -%}
-"""
-_PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-NAV
-{% block data_png scoped %}
-{%- set alt = output | get_metadata('alt', 'image/png') or 'A figure drawn by the code above' -%}
-<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
-<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ alt | escape_html }}">
-</div>
-{% endblock data_png %}
-"""
-_TEMPLATE_NAME = "labkit_site.html.j2"
+from labkit.course import headline_of, page_exporter
 
 _STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
   line-height: 1.5; color: #1b1b1b; }
@@ -53,15 +35,6 @@ nav { margin-bottom: 1rem; } code { background: #f3f3f3; padding: 0 3px; }"""
 
 class SiteError(FileNotFoundError):
     """The executed course the site is built from is missing."""
-
-
-def page_exporter(nav: bool = True):
-    """The HTMLExporter every site page (and, without `nav`, `labkit course`'s HTML copies) uses."""
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-
-    template = _PAGE_TEMPLATE.replace("NAV\n", _NAV_BLOCK if nav else "")
-    return HTMLExporter(extra_loaders=[DictLoader({_TEMPLATE_NAME: template})], template_file=_TEMPLATE_NAME)
 
 
 def notebook_title(nb, fallback: str) -> str:
@@ -98,7 +71,6 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
     """Each notebook → out_dir/NAME.html; returns what the index needs about each."""
     import nbformat
 
-    from labkit.course import headline_of
 
     shutil.rmtree(out_dir, ignore_errors=True)  # no page of a lesson that no longer exists
     out_dir.mkdir(parents=True)

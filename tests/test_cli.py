@@ -160,3 +160,12 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
     again = json.loads((out / "metrics.json").read_text())["training"]
     assert again["val_loss"] == metrics["training"]["val_loss"] and again["steps"] == 2
+
+
+def test_course_without_the_lab_extra_says_what_to_install(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "labkit.notebooks", None)  # as if nbformat were missing
+    monkeypatch.delitem(sys.modules, "labkit.course", raising=False)
+    assert cli.main(["course"]) == 2
+    assert "pip install 'labkit[lab]'" in capsys.readouterr().err
