@@ -160,3 +160,13 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
     again = json.loads((out / "metrics.json").read_text())["training"]
     assert again["val_loss"] == metrics["training"]["val_loss"] and again["steps"] == 2
+
+
+def test_report_table_shows_only_the_configured_metrics():
+    from labkit.evaluate import EvalResult, compare
+    from labkit.run import _metrics_table
+
+    base = EvalResult(0.0, 0.0, 0.0, 2, ["x", "y"], ["1", "2"], "base")
+    tuned = EvalResult(0.5, 0.0, 0.5, 2, ["1", "y"], ["1", "2"], "tuned")
+    text = str(_metrics_table(compare(base, tuned), ["exact_match"]))
+    assert "exact match  0.0%  50.0%  +50.0%" in text and "JSON valid" not in text and "field F1" not in text
