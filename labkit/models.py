@@ -295,7 +295,8 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
+        # under torchrun / accelerate each process puts its 4-bit copy on its own GPU
+        kwargs["device_map"] = {"": dev if dev != "cuda" else int(os.environ.get("LOCAL_RANK", 0))}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001

@@ -314,8 +314,16 @@ def evaluate_base_and_tuned(cfg: RunConfig, model, tok, test: Sequence[dict], pr
     if probe:
         out["probe"] = {k: v.score for k, v in probe.items()} | {"chance": probe["tuned"].chance,
                                                                  "n": probe["tuned"].n}
-    out["table"] = str(compare(results["base"], tuned)) if "base" in results else str(tuned)
+    out["table"] = str(_metrics_table(compare(results["base"], tuned), cfg.evaluation.metrics)
+                       if "base" in results else tuned)
     return out
+
+
+def _metrics_table(table, metrics: Sequence[str]):
+    """compare()'s table with only the rows of the configured metrics (evaluation.metrics)."""
+    shown = {"exact_match": "exact match", "json_valid": "JSON valid", "f1": "field F1"}
+    table.rows = [row for row in table.rows if row["metric"] in {shown[m] for m in metrics}]
+    return table
 
 
 def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bool, progress: bool,

@@ -169,3 +169,13 @@ def test_course_without_the_lab_extra_says_what_to_install(monkeypatch, capsys):
     monkeypatch.delitem(sys.modules, "labkit.course", raising=False)
     assert cli.main(["course"]) == 2
     assert "pip install 'labkit[lab]'" in capsys.readouterr().err
+
+
+def test_report_table_shows_only_the_configured_metrics():
+    from labkit.evaluate import EvalResult, compare
+    from labkit.run import _metrics_table
+
+    base = EvalResult(0.0, 0.0, 0.0, 2, ["x", "y"], ["1", "2"], "base")
+    tuned = EvalResult(0.5, 0.0, 0.5, 2, ["1", "y"], ["1", "2"], "tuned")
+    text = str(_metrics_table(compare(base, tuned), ["exact_match"]))
+    assert "exact match  0.0%  50.0%  +50.0%" in text and "JSON valid" not in text and "field F1" not in text
