@@ -176,32 +176,10 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
 
 
 def load_base(name: str, quantization: str | None):
-    """A course model by name (labkit.models.load_model), or a local folder with the same settings."""
-    from labkit.models import REGISTRY, load_model
+    """A course model by registry name, or a local model folder (labkit.models.load_model takes both)."""
+    from labkit.models import load_model
 
-    if name in REGISTRY:
-        return load_model(name, quantization=quantization)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from labkit import env
-    from labkit.models import _quantization_config, _set_pad_token
-
-    dev = env.device()
-    dtype = env.compute_dtype(dev)
-    kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
-    qconfig = _quantization_config(quantization, dev, dtype)
-    if qconfig is not None:
-        kwargs.update(quantization_config=qconfig, device_map={"": dev if dev != "cuda" else 0})
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    if qconfig is None and dev != "cpu":
-        model = model.to(dev)
-    tok = AutoTokenizer.from_pretrained(name)
-    _set_pad_token(tok)
-    model.config.pad_token_id = tok.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id, model.generation_config.eos_token_id = tok.pad_token_id, tok.eos_token_id
-    model.eval()
-    return model, tok
+    return load_model(name, quantization=quantization)
 
 
 def attach_lora(cfg: RunConfig, model):
