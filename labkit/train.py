@@ -47,8 +47,8 @@ from labkit.data import validate_records
 from labkit.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = [
-    "History", "train_sft", "sft_config_kwargs", "find_overfitting_epoch", "records_to_dataset",
-    "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
+    "History", "train_sft", "sft_config_kwargs", "device_precision_kwargs", "find_overfitting_epoch",
+    "records_to_dataset", "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
 ]
 
 _VAL0_FILE = "labkit_val0.json"
@@ -174,6 +174,26 @@ def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: flo
         if not has_val:
             raise ValueError("early_stopping_patience needs a validation set: pass val=... records.")
         kw["load_best_model_at_end"] = True
+    kw.update(device_precision_kwargs(dev))
+    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):  # accept either spelling
+        if old in overrides and gc != old:
+            overrides[old.replace("gradient", "activation")] = overrides.pop(old)
+    kw.update(overrides)
+    if kw[gc] and f"{gc}_kwargs" not in kw:
+        kw[f"{gc}_kwargs"] = {"use_reentrant": False}  # the variant that works with frozen inputs (LoRA)
+    return kw
+
+
+def device_precision_kwargs(device: str | None = None) -> dict:
+    """The device-dependent TrainingArguments keywords, shared by SFT and DPO (labkit.alignment).
+
+    CPU → fp32, no checkpointing, `use_cpu` (TRL 1.x defaults to bf16 autocast and gradient
+    checkpointing, both slower on a CPU); CUDA with bf16 → bf16; CUDA without bf16 (a T4) → fp16
+    mixed precision, gradient checkpointing and paged 8-bit AdamW, to fit in 16 GB.
+    """
+    dev = device or env.device()
+    gc = checkpointing_key()
+    kw: dict[str, Any] = {"bf16": False, "fp16": False, gc: False}
     if dev == "cpu":
         kw["use_cpu"] = True
     elif dev == "cuda":
@@ -181,12 +201,6 @@ def sft_config_kwargs(output_dir: str, *, device: str | None = None, epochs: flo
             kw["bf16"] = True
         else:  # T4: no bf16; fp16 mixed precision, and trade compute for memory
             kw.update({"fp16": True, gc: True, "optim": "paged_adamw_8bit"})
-    for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):  # accept either spelling
-        if old in overrides and gc != old:
-            overrides[old.replace("gradient", "activation")] = overrides.pop(old)
-    kw.update(overrides)
-    if kw[gc] and f"{gc}_kwargs" not in kw:
-        kw[f"{gc}_kwargs"] = {"use_reentrant": False}  # the variant that works with frozen inputs (LoRA)
     return kw
 
 
