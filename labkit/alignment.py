@@ -11,9 +11,15 @@ compute the quantities these methods work on, small enough to read; TRL's traine
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import tempfile
+import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 # ------------------------------------------------------------------------------------------------
 # Preference records (DPO)
@@ -33,6 +39,48 @@ def to_preference_record(prompt: str, chosen: str, rejected: str) -> dict[str, s
         raise ValueError("to_preference_record: chosen and rejected are the same answer, so there is no "
                          "preference to learn. Pair the good answer with a genuinely worse one.")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+CONCISE_PATH = Path(__file__).parent / "datasets" / "concise_answers.jsonl"
+_OPENERS = ("Great question! ", "That's a really interesting question, and I'm happy to help. ",
+            "Sure! Let me explain this in detail. ", "What a fascinating thing to ask about! ")
+_PADDING = ("There is actually a lot more that could be said about this, and many people find it worth "
+            "exploring further. ",
+            "It is worth keeping in mind that this is a broad subject with many interesting details. ",
+            "Of course, there are many different ways of looking at this, and every situation is different. ",
+            "This is something that a lot of people wonder about, so you are definitely not alone in asking. ")
+_CLOSERS = ("I hope this helps, and let me know if you have any other questions!",
+            "Feel free to ask if you would like to know more!",
+            "I hope that answers your question. Have a wonderful day!",
+            "Let me know if there is anything else I can help you with!")
+
+
+def ramble(answer: str, i: int = 0) -> str:
+    """The rambling version of a concise answer: a flattering opener, the answer, filler, a closer.
+
+    Deterministic (variant `i`): the facts are the same as the concise answer's, only the padding
+    differs, so a preference for the concise one is a preference for style, not for content.
+    """
+    return (_OPENERS[i % 4] + answer + " " + _PADDING[(i // 4) % 4] + _PADDING[(i // 4 + 1) % 4]
+            + _CLOSERS[(i + 1) % 4])
+
+
+def concise_pairs(split: str = "train") -> list[dict[str, str]]:
+    """DPO pairs for "answer briefly": chosen = the concise answer, rejected = `ramble(answer)`.
+
+    64 everyday questions shipped with labkit; every 4th one is held out ("test": 16, "train": 48,
+    "all": 64). Prompts use the course template (labkit.data.PROMPT_TEMPLATE), as every record does.
+    """
+    import json
+
+    from labkit.data import PROMPT_TEMPLATE
+
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}.")
+    rows = [json.loads(line) for line in CONCISE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = {"train": lambda i: i % 4 != 3, "test": lambda i: i % 4 == 3, "all": lambda i: True}[split]
+    return [to_preference_record(PROMPT_TEMPLATE.format(instruction=r["question"]), r["answer"], ramble(r["answer"], i))
+            for i, r in enumerate(rows) if keep(i)]
 
 
 def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
@@ -103,6 +151,220 @@ def dpo_loss(policy_chosen: float, policy_rejected: float, ref_chosen: float, re
     """
     z = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
     return math.log1p(math.exp(-z)) if z > -30 else -z  # = -log(sigmoid(z)), stable for large |z|
+
+
+# ------------------------------------------------------------------------------------------------
+# Training with DPO
+
+DPO_LEARNING_RATE = 1e-4
+"""train_dpo's default learning rate, and why not TRL's 1e-6: TRL's default suits full fine-tuning
+of a large model, where every weight moves and a few dozen steps are a tiny part of a long run. Here a
+LoRA adapter (~1-3% of a 135M model's weights, B starting at zero) gets a few dozen steps on a CPU; at
+1e-6 its implicit reward margins barely leave 0 and the loss stays near log 2. 1e-4 is the usual
+LoRA order of magnitude (SFT uses 1e-4 to 3e-4); β and the reference keep the policy near its start."""
+
+
+@dataclass
+class DPOHistory:
+    """What a DPO run did, per logged step, as plain numbers (TRL's names in brackets).
+
+    margins: mean implicit reward margin β·[(log π − log ref)(chosen) − (…)(rejected)] of the batch
+    [rewards/margins]; accuracies: share of the batch's pairs whose margin is > 0 [rewards/accuracies];
+    evals: one dict per evaluation (after each epoch) with loss, margin, accuracy, epoch.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    tokens_per_sec: float = 0.0
+    peak_memory_mb: float = 0.0
+    wall_seconds: float = 0.0
+    steps: int = 0
+    output_dir: str = ""
+    model: Any = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        """First and last logged step, then each evaluation; one line each."""
+        lines = [f"{'':>12} {'loss':>7} {'margin':>8} {'accuracy':>8}"]
+        for name, i in (("first step", 0), ("last step", -1)):
+            if self.loss:
+                lines.append(f"{name:>12} {self.loss[i]:7.4f} {self.margins[i]:+8.3f} {self.accuracies[i]:8.0%}")
+        for e in self.evals:
+            lines.append(f"{'val ep ' + format(e['epoch'], '.0f'):>12} {e['loss']:7.4f} {e['margin']:+8.3f} "
+                         f"{e['accuracy']:8.0%}")
+        lines.append(f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
+                     f"peak {self.peak_memory_mb:.0f} MB")
+        return "\n".join(lines)
+
+
+def dpo_history_from_log(log_history: Sequence[dict]) -> DPOHistory:
+    """Trainer's log_history → DPOHistory (numbers only)."""
+    h = DPOHistory()
+    for entry in log_history:
+        if "loss" in entry and "rewards/margins" in entry:
+            h.loss.append(float(entry["loss"]))
+            h.margins.append(float(entry["rewards/margins"]))
+            h.accuracies.append(float(entry["rewards/accuracies"]))
+            h.epochs.append(float(entry.get("epoch", 0.0)))
+        elif "eval_loss" in entry:
+            h.evals.append({"loss": float(entry["eval_loss"]), "margin": float(entry["eval_rewards/margins"]),
+                            "accuracy": float(entry["eval_rewards/accuracies"]),
+                            "epoch": float(entry.get("epoch", 0.0))})
+    return h
+
+
+def validate_preferences(records: Sequence[dict], name: str = "train") -> None:
+    """labkit.data.validate_records for pairs, plus: chosen must differ from rejected."""
+    from labkit.data import RecordError, validate_records
+
+    validate_records(records, name, fields=("prompt", "chosen", "rejected"))
+    for i, rec in enumerate(records):
+        if rec["chosen"].strip() == rec["rejected"].strip():
+            raise RecordError(f"{name} record {i}: 'chosen' and 'rejected' are the same answer "
+                              f"({rec['chosen'][:60]!r}), so there is no preference to learn and DPO's loss "
+                              "cannot move. Pair each good answer with a genuinely worse one.")
+
+
+def dpo_config_kwargs(output_dir: str, *, device: str | None = None, beta: float = 0.1, epochs: float = 1,
+                      learning_rate: float = DPO_LEARNING_RATE, batch_size: int = 4, max_length: int = 256,
+                      has_val: bool = True, seed: int = 0, progress: bool = True, **overrides) -> dict:
+    """Every DPOConfig keyword labkit sets → a dict (`DPOConfig(**kwargs)`); `overrides` win.
+
+    The device part (fp32 and no checkpointing on a CPU, bf16 or T4 fp16) is the one SFT uses:
+    labkit.train.device_training_kwargs.
+    """
+    from labkit.train import device_training_kwargs
+
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate, beta=beta,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_length=max_length,
+        warmup_steps=0.1, lr_scheduler_type="cosine", seed=seed, data_seed=seed,
+        logging_strategy="steps", logging_steps=1, logging_first_step=True, save_strategy="no",
+        eval_strategy="epoch" if has_val else "no", report_to="none", disable_tqdm=not progress,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        **device_training_kwargs(device),
+    )
+    kw.update(overrides)
+    return kw
+
+
+def _prepare_lora(model, lora):
+    """lora (None, add_lora keywords, or a LoraConfig) → (model, peft_config for DPOTrainer)."""
+    if lora is None:
+        return model, None
+    from peft import PeftConfig, prepare_model_for_kbit_training
+
+    from labkit.lora import is_quantized, lora_config
+
+    config = lora_config(**lora) if isinstance(lora, dict) else lora
+    if not isinstance(config, PeftConfig):
+        raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
+                        f"not {type(lora).__name__}.")
+    from labkit.train import _is_peft
+
+    if _is_peft(model):
+        raise ValueError("The model already has LoRA adapters and lora=... asks for new ones. Pass lora=None to "
+                         "keep training its adapters (the reference is then a frozen copy of them), or merge them "
+                         "first with model.merge_and_unload().")
+    if is_quantized(model):
+        from labkit import env
+
+        # the one checkpointing rule (labkit.env.gradient_checkpointing), as add_lora applies it
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=env.gradient_checkpointing())
+    return model, config
+
+
+def train_dpo(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | None = None, *, lora=None,
+              beta: float = 0.1, epochs: float = 1, learning_rate: float = DPO_LEARNING_RATE,
+              batch_size: int | None = None, max_length: int = 256, output_dir: str | os.PathLike | None = None,
+              seed: int = 0, plot: bool = True, progress: bool = True, callbacks: Sequence = (),
+              **overrides) -> DPOHistory:
+    """Preference-tune `model` on prompt/chosen/rejected pairs with TRL's DPOTrainer → DPOHistory.
+
+    lora: a dict of labkit.lora.add_lora keywords or a peft LoraConfig adds fresh adapters, and the
+    reference model is the same network with the adapter switched off (no second copy in memory);
+    None trains the model as given (an existing adapter, e.g. your SFT one: TRL keeps a frozen copy
+    of it as the reference; a plain model: TRL copies the whole model). beta: how far the policy may
+    move from the reference (higher = closer). Learning rate: see DPO_LEARNING_RATE. Same guards as
+    train_sft (no_repacking, first-step GradientCheck); any DPOConfig field can be overridden.
+    """
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from labkit import env
+    from labkit._compat import no_repacking, trl_fused_head_labelled_only
+    from labkit.memory import peak_rss_mb, reset_peak_rss
+    from labkit.train import GradientCheck, ThroughputMeter, _fp32_master_weights
+
+    validate_preferences(train, "train")
+    val = val if val else None
+    if val is not None:
+        validate_preferences(val, "val")
+    batch_size = batch_size or env.course_profile().batch_size
+    if batch_size > len(train):
+        raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(train)} pairs). "
+                         f"Pass batch_size={max(1, len(train) // 4)} or fewer, or add pairs.")
+    env.set_seed(seed)
+    model, peft_config = _prepare_lora(model, lora)
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-dpo-"))
+    dev = env.device()
+    kwargs = dpo_config_kwargs(str(out), device=dev, beta=beta, epochs=epochs, learning_rate=learning_rate,
+                               batch_size=batch_size, max_length=max_length, has_val=val is not None, seed=seed,
+                               progress=progress, **overrides)
+    meter = ThroughputMeter()
+    cbs = [GradientCheck(allow_nonfinite=bool(kwargs.get("fp16"))), meter, *callbacks]
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+    with no_repacking(model), trl_fused_head_labelled_only(dev), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**kwargs),
+                             train_dataset=_pairs_dataset(train),
+                             eval_dataset=_pairs_dataset(val) if val is not None else None,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=cbs)
+        _fp32_master_weights(trainer.model)  # TRL casts LoRA weights of a 4-bit model to bf16
+        if not progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        live = _add_live_plot(trainer) if plot else None
+        trainer.train()
+    h = dpo_history_from_log(trainer.state.log_history)
+    h.tokens_per_sec = meter.tokens_per_sec
+    h.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
+    h.wall_seconds = time.perf_counter() - start
+    h.steps = trainer.state.global_step
+    h.output_dir = str(out)
+    h.model = trainer.model
+    h.model.eval()
+    if live is not None:
+        live.update(h, final=True)
+    return h
+
+
+def _pairs_dataset(records: Sequence[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
+
+
+def _add_live_plot(trainer):
+    from transformers import TrainerCallback
+
+    from labkit.plots import LivePreferencePlot
+
+    live = LivePreferencePlot()
+
+    class _Feed(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            live.update(dpo_history_from_log(state.log_history))
+
+    trainer.add_callback(_Feed())
+    return live
 
 
 # ------------------------------------------------------------------------------------------------

@@ -88,6 +88,65 @@ class LiveLossPlot:
                 self._handle.update(self.fig, metadata=meta)
 
 
+def plot_preference_training(history, axes=None):
+    """A DPO run (labkit.alignment.DPOHistory) on three panels: loss, reward margin, preference
+    accuracy per step, validation after each epoch as dots → the axes.
+
+    Why three: the loss starts at log 2 whatever the data; the margin says how far chosen and
+    rejected moved apart, the accuracy on how many pairs the model now prefers the chosen answer.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    panels = (("loss", history.loss, "loss"), ("reward margin", history.margins, "margin"),
+              ("preference accuracy", history.accuracies, "accuracy"))
+    for ax, (title, values, key) in zip(axes, panels, strict=True):
+        ax.clear()
+        x = history.epochs if len(history.epochs) == len(values) else range(len(values))
+        ax.plot(x, values, color="C0", alpha=0.6, lw=1, label="train (per step)")
+        if history.evals:
+            ax.plot([e["epoch"] for e in history.evals], [e[key] for e in history.evals], "o", color="C1",
+                     ms=7, label="validation")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.6931, color="gray", ls=":", lw=1)  # log 2: the loss when nothing is learned
+    axes[2].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=8)
+    return axes
+
+
+class LivePreferencePlot:
+    """plot_preference_training redrawn in place while a DPO run trains (same rules as LiveLossPlot:
+    at most every `min_interval` seconds in Jupyter, one static figure at `final=True` elsewhere)."""
+
+    def __init__(self, min_interval: float = 2.0):
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._handle = None
+        self.fig = None
+        self.live = _in_notebook()
+
+    def update(self, history, final: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not final and (not self.live or now - self._last < self.min_interval):
+            return
+        self._last = now
+        if self.fig is None:
+            self.fig, _ = plt.subplots(1, 3, figsize=(11, 3.2))
+            plt.close(self.fig)
+        plot_preference_training(history, axes=self.fig.axes)
+        self.fig.tight_layout()
+        if self.live:
+            from IPython.display import display
+
+            if self._handle is None:
+                self._handle = display(self.fig, display_id=True)
+            else:
+                self._handle.update(self.fig)
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython

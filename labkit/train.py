@@ -48,8 +48,8 @@ from labkit.data import validate_records
 from labkit.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = [
-    "History", "train_sft", "sft_config_kwargs", "find_overfitting_epoch", "records_to_dataset",
-    "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
+    "History", "train_sft", "sft_config_kwargs", "device_training_kwargs", "find_overfitting_epoch",
+    "records_to_dataset", "GradientCheck", "ThroughputMeter", "unpack_nf4_for_training", "packed_nf4_layers",
 ]
 
 _VAL0_FILE = "labkit_val0.json"

@@ -7,15 +7,23 @@ import pytest
 import torch
 
 from labkit.alignment import (
+    DPO_LEARNING_RATE,
+    DPOHistory,
     PreferenceScore,
     completion_logprob,
+    concise_pairs,
+    dpo_config_kwargs,
+    dpo_history_from_log,
     dpo_loss,
     group_advantages,
     invoice_reward,
     score_preferences,
     to_preference_record,
     tooling_table,
+    train_dpo,
+    validate_preferences,
 )
+from labkit.data import RecordError
 
 PROMPT = "### Instruction:\nExtract the invoice as JSON.\n\n### Input:\n2 x Pen @ $1.50\n\n### Response:\n"
 GOOD = '{"items":[{"name":"Pen","qty":2,"price":1.5}],"currency":"USD","total":3.0}'
@@ -109,3 +117,151 @@ def test_tooling_table_names_the_outline_tools():
 def test_preference_score_margin_sign():
     assert PreferenceScore(-3.0, -5.0).margin == 2.0
     assert PreferenceScore(-5.0, -3.0).margin == -2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# train_dpo
+
+
+def _pairs(n: int) -> list[dict]:
+    return [to_preference_record(f"### Instruction:\nName item {i}.\n\n### Response:\n", f"Item {i}.",
+                                 f"Well, it could be item {i}, or maybe not, who knows really.") for i in range(n)]
+
+
+def test_concise_pairs_are_deterministic_held_out_and_differ_only_in_style():
+    train, test = concise_pairs("train"), concise_pairs("test")
+    assert (len(train), len(test)) == (48, 16) and concise_pairs("train") == train
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}  # held out: no shared prompt
+    for r in train + test:
+        assert r["rejected"].count(r["chosen"]) == 1  # the same facts, padded
+        assert len(r["rejected"].split()) > 3 * len(r["chosen"].split())
+    with pytest.raises(ValueError, match="split"):
+        concise_pairs("val")
+
+
+def test_validate_preferences_names_record_and_field():
+    good = _pairs(3)
+    validate_preferences(good)
+    with pytest.raises(RecordError, match=r"train record 1 has no 'rejected' field"):
+        validate_preferences([good[0], {"prompt": "p", "chosen": "c"}])
+    with pytest.raises(RecordError, match=r"val record 2: 'chosen' and 'rejected' are the same answer"):
+        validate_preferences([*good[:2], {"prompt": "p", "chosen": "Same.", "rejected": " Same."}], "val")
+
+
+def test_train_dpo_rejects_bad_input_before_training(tiny):
+    model, tok = tiny
+    with pytest.raises(RecordError, match="same answer"):
+        train_dpo(model, tok, [{"prompt": "p", "chosen": "x", "rejected": "x"}], plot=False)
+    with pytest.raises(RecordError, match="no 'chosen' field"):
+        train_dpo(model, tok, [{"prompt": "p", "completion": "x"}], plot=False)
+    with pytest.raises(ValueError, match="batch_size=8 is larger than the train set"):
+        train_dpo(model, tok, _pairs(4), batch_size=8, plot=False)
+    with pytest.raises(TypeError, match="lora must be"):
+        train_dpo(model, tok, _pairs(4), batch_size=2, lora="r16", plot=False)
+
+
+def test_dpo_config_is_device_aware_and_overridable(monkeypatch):
+    from trl import DPOConfig
+
+    from labkit import env
+    from labkit._compat import checkpointing_key
+
+    gc = checkpointing_key()
+    cpu = dpo_config_kwargs("out", device="cpu")
+    assert cpu["use_cpu"] and not cpu["bf16"] and not cpu["fp16"] and cpu[gc] is False
+    assert cpu["learning_rate"] == DPO_LEARNING_RATE > 1e-6  # not TRL's default: see DPO_LEARNING_RATE
+    config = DPOConfig(**cpu)
+    assert config.beta == 0.1 and not config.bf16 and not getattr(config, gc)
+    monkeypatch.setattr(env, "cuda_supports_bf16", lambda: False)
+    t4 = dpo_config_kwargs("out", device="cuda")
+    assert t4["fp16"] and not t4["bf16"] and t4[gc] and t4["optim"] == "paged_adamw_8bit"
+    monkeypatch.setattr(env, "cuda_supports_bf16", lambda: True)
+    assert dpo_config_kwargs("out", device="cuda")["bf16"]
+    assert dpo_config_kwargs("out", device="cpu", beta=0.5, logging_steps=5)["logging_steps"] == 5
+
+
+def test_dpo_history_reads_trls_metric_names():
+    log = [{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "epoch": 0.5},
+           {"loss": 0.5, "rewards/margins": 0.4, "rewards/accuracies": 1.0, "epoch": 1.0},
+           {"eval_loss": 0.55, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.75, "epoch": 1.0},
+           {"train_runtime": 3.0}]
+    h = dpo_history_from_log(log)
+    assert h.loss == [0.69, 0.5] and h.margins == [0.0, 0.4] and h.accuracies == [0.0, 1.0]
+    assert h.evals == [{"loss": 0.55, "margin": 0.3, "accuracy": 0.75, "epoch": 1.0}]
+    assert "val ep 1" in h.summary()
+
+
+@pytest.fixture(scope="module")
+def tiny_dpo():
+    """One short DPO run of fresh LoRA adapters on the tiny model (a fresh copy: the session one stays clean)."""
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model(seed=1)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pairs = _pairs(16)
+    h = train_dpo(model, tok, pairs[:12], pairs[12:], lora={"r": 4, "alpha": 8, "dropout": 0.0}, epochs=2,
+                  batch_size=4, learning_rate=1e-2, plot=True, progress=False)
+    return h, base, tok, pairs
+
+
+def test_train_dpo_learns_the_preference(tiny_dpo):
+    h, _, tok, pairs = tiny_dpo
+    assert isinstance(h, DPOHistory) and h.steps == 6 and len(h.loss) == 6
+    assert h.loss[0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at the start
+    assert h.margins[0] == pytest.approx(0.0, abs=1e-6)
+    assert h.loss[-1] < 0.6 and h.margins[-1] > 0.1 and h.accuracies[-1] == 1.0
+    assert [e["epoch"] for e in h.evals] == [1.0, 2.0] and h.evals[-1]["accuracy"] == 1.0
+    assert h.evals[-1]["margin"] > h.evals[0]["margin"] > 0
+    after = score_preferences(h.model, tok, pairs[12:])  # held-out pairs, scored independently of TRL
+    assert sum(s.margin > 0 for s in after) >= 3
+
+
+def test_train_dpo_reference_is_the_adapter_switched_off(tiny_dpo):
+    """lora=... → one adapter, trained in fp32; the base weights untouched (they are the reference)."""
+    h, base, _, _ = tiny_dpo
+    assert list(h.model.peft_config) == ["default"]  # no "ref" copy: the reference is the adapter off
+    trained = {n: p for n, p in h.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n and p.dtype == torch.float32 for n, p in trained.items())
+    for name, p in h.model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p, base[name.replace(".base_layer", "")]), name
+    assert any(p.abs().sum() > 0 for n, p in trained.items() if "lora_B" in n)
+
+
+def test_train_dpo_plots_loss_margin_accuracy(tiny_dpo):
+    from labkit.plots import plot_preference_training
+
+    h = tiny_dpo[0]
+    axes = plot_preference_training(h)
+    assert [ax.get_title() for ax in axes] == ["loss", "reward margin", "preference accuracy"]
+    assert [len(ax.lines[0].get_ydata()) for ax in axes] == [6, 6, 6]
+
+
+def test_train_dpo_refuses_new_adapters_on_a_peft_model(tiny):
+    from labkit.lora import add_lora
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model(seed=2)
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        train_dpo(add_lora(model, r=2), tok, _pairs(4), batch_size=2, lora={"r": 2}, plot=False)
+
+
+@pytest.mark.slow
+def test_train_dpo_on_the_real_model_prefers_concise_answers_on_held_out_prompts():
+    """Held-out implicit reward margins (policy vs the adapter switched off) turn positive, and TRL's own
+    eval accuracy agrees with labkit's independent count."""
+    from labkit.models import load_model
+
+    model, tok = load_model()
+    test = concise_pairs("test")
+    h = train_dpo(model, tok, concise_pairs("train"), test, lora={"r": 16, "alpha": 32, "dropout": 0.0}, epochs=1,
+                  batch_size=8, plot=False, progress=False)
+    policy = score_preferences(h.model, tok, test)
+    with h.model.disable_adapter():
+        ref = score_preferences(h.model, tok, test)
+    implicit = [(p.chosen_logp - r.chosen_logp) - (p.rejected_logp - r.rejected_logp)
+                for p, r in zip(policy, ref, strict=True)]
+    accuracy = sum(m > 0 for m in implicit) / len(test)
+    assert h.margins[-1] > h.margins[0] and h.loss[-1] < h.loss[0]
+    assert accuracy >= 14 / 16, implicit
+    assert abs(h.evals[-1]["accuracy"] - accuracy) <= 1 / 16

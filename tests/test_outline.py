@@ -79,6 +79,9 @@ OUTLINE: list[tuple[str, str, list[str]]] = [
     (L, "DPO: chosen vs rejected pairs, no reward model",
      [r"\bDPO\b", r"\bchosen\b", r"\brejected\b", r"no (separate )?reward model|without a reward model"]),
     (L, "GRPO for reasoning", [r"\bGRPO\b", r"reasoning"]),
+    (L, "DPO trained for real, measured on held-out prompts",
+     [r"train_dpo\(", r"held-out", r"preference accuracy", r"general_probe\("]),
+    (L, "DPO and verifiable rewards over-optimise too", [r"\bDPO\b", r"verifiable reward", r"over-optimise"]),
     # --- Hyperparameters
     (H, "rank r 8-64, start at 16, higher is not better by default",
      [r"\b8-64\b", r"start(ing)? (at |with )?(r ?= ?)?16", r"higher is not better"]),
