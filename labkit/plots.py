@@ -44,8 +44,8 @@ def plot_losses(history_or_histories, labels=None, ax=None):
     return ax
 
 
-class LiveLossPlot:
-    """A loss plot that redraws in place in a notebook while training runs.
+class _LiveFigure:
+    """A figure that redraws in place in a notebook while training runs (the live plots' shared part).
 
     In Jupyter it shows one figure through a display handle and updates that same output (at most
     every `min_interval` seconds, so drawing never slows training down much); the final update
@@ -53,9 +53,11 @@ class LiveLossPlot:
     updates to the stored output). The figure is detached from pyplot, so the inline backend does
     not show a second, stale copy at the end of the cell. Headless (tests, scripts) it draws
     nothing until `update(..., final=True)`, which leaves one static figure in `self.fig`.
+    Subclasses say how to draw (`_draw`), the figure's layout and its alt text.
     """
 
-    ALT = "Loss curve: training loss per step and validation loss per epoch"
+    ALT = ""
+    PANELS, SIZE = 1, (6.5, 3.8)
 
     def __init__(self, min_interval: float = 2.0):
         self.min_interval = min_interval
@@ -63,6 +65,9 @@ class LiveLossPlot:
         self._handle = None
         self.fig = None
         self.live = _in_notebook()
+
+    def _draw(self, history) -> None:
+        raise NotImplementedError
 
     def update(self, history, final: bool = False) -> None:
         import time
@@ -72,11 +77,9 @@ class LiveLossPlot:
             return
         self._last = now
         if self.fig is None:
-            self.fig, _ = plt.subplots(figsize=(6.5, 3.8))
+            self.fig, _ = plt.subplots(1, self.PANELS, figsize=self.SIZE)
             plt.close(self.fig)  # keep pyplot from showing it a second time at cell end
-        ax = self.fig.axes[0]
-        ax.clear()
-        plot_losses(history, ax=ax)
+        self._draw(history)
         if self.live:
             from IPython.display import display
 
@@ -86,6 +89,17 @@ class LiveLossPlot:
                 self._handle = display(self.fig, display_id=True, metadata=meta)
             else:
                 self._handle.update(self.fig, metadata=meta)
+
+
+class LiveLossPlot(_LiveFigure):
+    """Train/validation loss (plot_losses), redrawn in place while train_sft runs."""
+
+    ALT = "Loss curve: training loss per step and validation loss per epoch"
+
+    def _draw(self, history) -> None:
+        ax = self.fig.axes[0]
+        ax.clear()
+        plot_losses(history, ax=ax)
 
 
 def plot_preference_training(history, axes=None):
@@ -115,36 +129,15 @@ def plot_preference_training(history, axes=None):
     return axes
 
 
-class LivePreferencePlot:
-    """plot_preference_training redrawn in place while a DPO run trains (same rules as LiveLossPlot:
-    at most every `min_interval` seconds in Jupyter, one static figure at `final=True` elsewhere)."""
+class LivePreferencePlot(_LiveFigure):
+    """plot_preference_training redrawn in place while a DPO run trains (same rules as LiveLossPlot)."""
 
-    def __init__(self, min_interval: float = 2.0):
-        self.min_interval = min_interval
-        self._last = 0.0
-        self._handle = None
-        self.fig = None
-        self.live = _in_notebook()
+    ALT = "Loss curve of a DPO run: loss, reward margin and preference accuracy per step"
+    PANELS, SIZE = 3, (11, 3.2)
 
-    def update(self, history, final: bool = False) -> None:
-        import time
-
-        now = time.monotonic()
-        if not final and (not self.live or now - self._last < self.min_interval):
-            return
-        self._last = now
-        if self.fig is None:
-            self.fig, _ = plt.subplots(1, 3, figsize=(11, 3.2))
-            plt.close(self.fig)
+    def _draw(self, history) -> None:
         plot_preference_training(history, axes=self.fig.axes)
         self.fig.tight_layout()
-        if self.live:
-            from IPython.display import display
-
-            if self._handle is None:
-                self._handle = display(self.fig, display_id=True)
-            else:
-                self._handle.update(self.fig)
 
 
 def _in_notebook() -> bool:
