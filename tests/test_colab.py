@@ -22,7 +22,7 @@ SOURCE = "git+https://github.com/labkit-course/labkit@main"
 # Colab's GPU runtime, August 2026 (no trl, no bitsandbytes).
 COLAB = {"torch": "2.11.0+cu128", "transformers": "5.15.0", "peft": "0.20.0", "accelerate": "1.14.0",
          "datasets": "4.0.0", "ipywidgets": "7.7.1", "matplotlib": "3.10.0", "safetensors": "0.6.2",
-         "tqdm": "4.67.1", "psutil": "5.9.5", "packaging": "25.0"}
+         "tqdm": "4.67.1", "psutil": "5.9.5", "packaging": "25.0", "pyyaml": "6.0.2", "filelock": "3.18.0"}
 
 
 def requirement(name: str) -> Requirement:
