@@ -269,6 +269,9 @@ def problems(path: Path, root: Path | None = None) -> list[str]:
         if cell.cell_type == "code":
             if cell.execution_count is not None and not (is_checked(cell) and cell.execution_count == i):
                 out.append(f"{rel}: cell {i} has an execution count")
+            if is_checked(cell) and not cell.outputs and not rel.startswith("exercises/"):  # nbval runs the rest
+                out.append(f"{rel}: checked cell {i} stores no output, so nbval compares it with nothing and "
+                           f"fails: python -m labkit.notebooks refresh {rel}")
             if cell.outputs and not is_checked(cell):
                 out.append(f"{rel}: cell {i} stores outputs but is not marked {CHECK_MARKER}")
             if cell.outputs and is_checked(cell) and cell.execution_count != i:

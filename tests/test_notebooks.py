@@ -1,5 +1,6 @@
 """The committed form of the course notebooks, and the exercise system built from solutions."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -104,8 +105,8 @@ def test_unfilled_exercise_stops_at_its_first_blank_with_a_friendly_message(path
     from nbclient.exceptions import CellExecutionError
 
     nb = nbs.read(path)
-    first_blank = next(i for i, c in enumerate(nb.cells)
-                       if c.cell_type == "code" and "NotImplementedError('Your turn" in c.source)
+    blank = re.compile(r"""NotImplementedError\(['"]Your turn""")  # repr() quotes a hint with ' in "..."
+    first_blank = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and blank.search(c.source))
     for cell in nb.cells:  # checked cells are stored with a count: clear them so a count means "ran now"
         if cell.cell_type == "code":
             cell.execution_count, cell.outputs = None, []
@@ -140,3 +141,20 @@ def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
     assert "No labkit course checkout" in capsys.readouterr().err
     # ...and --root points them at the checkout from anywhere.
     assert exb.main(["check", "--root", str(ROOT)]) == 0
+
+
+def test_policy_catches_a_checked_cell_with_no_stored_output(tmp_path):
+    """nbval compares a checked cell's output with the stored one: none stored fails the run."""
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell(f"{nbs.CHECK_MARKER}\nprint(1)")]
+    nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(tmp_path))
+    nbs.clean(nb)
+    path = tmp_path / "lessons" / "t.ipynb"
+    nbs.write(nb, path)
+    assert any("stores no output" in p for p in nbs.problems(path, root=tmp_path))
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    nb.cells[2].execution_count = 2
+    nbs.write(nb, path)
+    assert not any("stores no output" in p for p in nbs.problems(path, root=tmp_path))
