@@ -55,13 +55,19 @@ def test_policy_catches_what_it_claims(tmp_path):
     assert nbs.problems(path, root=root) == []
 
 
-def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
+def _stamped_checked_notebook(tmp_path):
+    """A stamped, clean lesson in a throwaway checkout whose cell 2 is a checked `print(1)`."""
     (tmp_path / "lessons").mkdir()
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell(f"{nbs.CHECK_MARKER}\nprint(1)")]
     nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(tmp_path))
     nbs.clean(nb)
+    return nb
+
+
+def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
+    nb = _stamped_checked_notebook(tmp_path)
     checked = nb.cells[2]
     checked.outputs = [nbformat.v4.new_output("stream", text="1\n")]
     checked.execution_count = None
@@ -145,12 +151,7 @@ def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
 
 def test_policy_catches_a_checked_cell_with_no_stored_output(tmp_path):
     """nbval compares a checked cell's output with the stored one: none stored fails the run."""
-    (tmp_path / "lessons").mkdir()
-    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell(f"{nbs.CHECK_MARKER}\nprint(1)")]
-    nbs.stamp(nb, "lessons/t.ipynb", nbs.project_settings(tmp_path))
-    nbs.clean(nb)
+    nb = _stamped_checked_notebook(tmp_path)
     path = tmp_path / "lessons" / "t.ipynb"
     nbs.write(nb, path)
     assert any("stores no output" in p for p in nbs.problems(path, root=tmp_path))
