@@ -355,6 +355,7 @@ def test_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_nf4_trap_guard_after_generate_learns(tmp_path):
+    from labkit._compat import linear4bit_layers
     from labkit.data import course_dataset
     from labkit.evaluate import generate
     from labkit.models import load_model
@@ -364,7 +365,7 @@ def test_nf4_trap_guard_after_generate_learns(tmp_path):
     test = course_dataset("invoices", "test")[:2]
     generate(model, tok, [r["prompt"] for r in test], max_new_tokens=4, progress=False)
     packed_before = T.packed_nf4_layers(model)  # non-empty on AVX512-BF16 CPUs: the trap is armed
-    flags_before = {n: m.support_avx512bf16_for_cpu for n, m in T._linear4bit_modules(model)}
+    flags_before = {n: m.support_avx512bf16_for_cpu for n, m in linear4bit_layers(model)}
     h = train_sft(model, tok, course_dataset("invoices", "train")[:64], course_dataset("invoices", "val")[:4],
                   lora={"r": 16, "alpha": 32}, epochs=1, batch_size=8, learning_rate=1e-3,
                   plot=False, progress=False, output_dir=tmp_path)
@@ -372,7 +373,7 @@ def test_nf4_trap_guard_after_generate_learns(tmp_path):
     assert h.val_loss[-1] < 0.7 * h.val_loss[0], h.val_loss
     # repacking is switched off only while training: afterwards each layer has its own flag back
     flags_after = {n.removeprefix("base_model.model.").replace(".base_layer", ""): m.support_avx512bf16_for_cpu
-                   for n, m in T._linear4bit_modules(h.model)}
+                   for n, m in linear4bit_layers(h.model)}
     assert flags_before and flags_after == flags_before
     print(f"packed by generate(): {len(packed_before)} layers; val loss {h.val_loss}")
 
