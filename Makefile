@@ -69,7 +69,7 @@ test-fast: setup
 test: setup lint
 	$(PY) -m labkit.notebooks check
 	$(PY) -m labkit.exercises check
-	$(PY) -m pytest -q -p no:cacheprovider $(NBVAL) tests lessons solutions
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(NBVAL) tests lessons solutions
 
 benchmark: setup
 	$(PY) benchmarks/load.py

@@ -348,3 +348,38 @@ def plot_fix_ablation(rows):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_prompting(rows):
+    """Prompting vs fine-tuning side by side: exact match, JSON validity and field F1 per approach,
+    with each call's prompt length on the right → Figure.
+
+    `rows`: labkit.prompting.prompting_table(...).rows (dicts with "approach", "exact match", "JSON valid",
+    "field F1", "prompt tokens"). Why bars with the prompt length next to them: a prompt that scores a
+    little better but costs eight times the tokens on every call is a trade, not a free win.
+    """
+    rows = list(rows)
+    keys = ("approach", "exact match", "JSON valid", "field F1", "prompt tokens")
+    missing = [k for k in keys if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"plot_prompting needs rows with {', '.join(keys)} (missing {missing}).")
+    fig, (ax, cost) = plt.subplots(1, 2, figsize=(9, 0.55 * len(rows) + 1.5), sharey=True,
+                                   gridspec_kw={"width_ratios": [3, 1]})
+    ys = range(len(rows))[::-1]
+    for j, (metric, color) in enumerate((("exact match", "C2"), ("JSON valid", "C0"), ("field F1", "C7"))):
+        ax.barh([y + 0.27 * (1 - j) for y in ys], [100 * row[metric] for row in rows], height=0.26,
+                color=color, label=metric)
+    ax.set_yticks(list(ys), [row["approach"] for row in rows])
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("% of held-out records (field F1 x 100)")
+    ax.legend(fontsize=8, loc="lower right")
+    cost.barh(list(ys), [row["prompt tokens"] for row in rows], color="C1")
+    for y, row in zip(ys, rows, strict=True):
+        cost.annotate(f"{row['prompt tokens']}", (row["prompt tokens"], y), xytext=(3, 0), textcoords="offset points",
+                      va="center", fontsize=8)
+    cost.set_xlabel("prompt tokens per call")
+    cost.set_xlim(0, max(row["prompt tokens"] for row in rows) * 1.35)
+    fig.suptitle("Prompting first, then fine-tuning: same records, same greedy decoding", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -53,3 +53,17 @@ def test_plot_fix_ablation_one_bar_per_row():
     rows = [{"fix": "none", "val loss": 1.2, "change": 0.0}, {"fix": "early stopping", "val loss": 0.8, "change": -0.4}]
     fig = plots.plot_fix_ablation(rows)
     assert isinstance(fig, Figure) and len(fig.axes[0].patches) == 2
+
+
+def test_plot_prompting_three_bars_per_approach_and_the_prompt_cost():
+    rows = [{"approach": "zero-shot", "exact match": 0.0, "JSON valid": 0.0, "field F1": 0.0, "prompt tokens": 59},
+            {"approach": "tuned", "exact match": 0.97, "JSON valid": 1.0, "field F1": 0.99, "prompt tokens": 59},
+            {"approach": "3-shot", "exact match": 0.0, "JSON valid": 0.5, "field F1": 0.3, "prompt tokens": 480}]
+    fig = plots.plot_prompting(rows)
+    scores, cost = fig.axes
+    assert isinstance(fig, Figure) and len(scores.patches) == 9 and len(cost.patches) == 3
+    assert [t.get_text() for t in scores.get_yticklabels()] == ["zero-shot", "tuned", "3-shot"]
+    assert sorted(p.get_width() for p in cost.patches) == [59, 59, 480]
+    assert max(p.get_width() for p in scores.patches) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="missing"):
+        plots.plot_prompting([{"approach": "x"}])
