@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -81,6 +82,49 @@ def concise_pairs(split: str = "train") -> list[dict[str, str]]:
     keep = {"train": lambda i: i % 4 != 3, "test": lambda i: i % 4 == 3, "all": lambda i: True}[split]
     return [to_preference_record(PROMPT_TEMPLATE.format(instruction=r["question"]), r["answer"], ramble(r["answer"], i))
             for i, r in enumerate(rows) if keep(i)]
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of `text`: up to its first '.', '!' or '?' followed by a space (or the end).
+
+    A line break also ends it (SmolLM2 often follows its answer with a new "### ..." section). Text
+    with neither is returned whole (stripped): a cut-off answer has no first sentence to keep.
+    Used to build on-policy brevity pairs (`brevity_pairs`): the model's own first sentence is the
+    short answer it could have given.
+    """
+    text = text.strip()
+    line = text.split("\n", 1)[0].strip()
+    m = _SENTENCE_END.search(line)
+    return line[:m.end()] if m else line
+
+
+def brevity_pairs(prompts: Sequence[str], answers: Sequence[str], min_ratio: float = 1.5) -> list[dict[str, str]]:
+    """On-policy DPO pairs for "answer briefly", from the model's own answers to `prompts`.
+
+    chosen = the first sentence of the model's answer (`first_sentence`), rejected = the whole
+    answer. Why on-policy: pairs of hand-written texts the model would never produce (concise_pairs)
+    let DPO separate chosen from rejected without changing what the model *writes*; here both
+    answers are text the model does write, and they share their start, so DPO's push lands on the
+    token where they part: stop (EOS) after the first sentence, or go on. Skipped: answers whose
+    first line has no sentence end (e.g. 'The answer is "X"' then a new section: no complete
+    sentence to prefer), and answers not clearly longer than their first sentence (fewer than
+    `min_ratio` × its words): the model already answered briefly there.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"brevity_pairs: {len(prompts)} prompts but {len(answers)} answers; give one answer "
+                         "per prompt (e.g. labkit.evaluate.generate(model, tok, prompts)).")
+    if min_ratio <= 1:
+        raise ValueError(f"min_ratio must be > 1 (the rejected answer must be longer), got {min_ratio}.")
+    pairs = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        short = first_sentence(answer)
+        complete = bool(_SENTENCE_END.search(short))
+        if complete and len(answer.split()) >= min_ratio * len(short.split()):
+            pairs.append(to_preference_record(prompt, short, answer.strip()))
+    return pairs
 
 
 def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:

@@ -10,11 +10,13 @@ from labkit.alignment import (
     DPO_LEARNING_RATE,
     DPOHistory,
     PreferenceScore,
+    brevity_pairs,
     completion_logprob,
     concise_pairs,
     dpo_config_kwargs,
     dpo_history_from_log,
     dpo_loss,
+    first_sentence,
     group_advantages,
     invoice_reward,
     score_preferences,
@@ -137,6 +139,32 @@ def test_concise_pairs_are_deterministic_held_out_and_differ_only_in_style():
         assert len(r["rejected"].split()) > 3 * len(r["chosen"].split())
     with pytest.raises(ValueError, match="split"):
         concise_pairs("val")
+
+
+def test_first_sentence_cuts_at_the_first_sentence_end_or_line_break():
+    assert first_sentence("  A tide is water. It rises twice a day.") == "A tide is water."
+    assert first_sentence("Is it? Yes!") == "Is it?"
+    assert first_sentence("Wow! Great.") == "Wow!"
+    assert first_sentence("Pi is 3.14 roughly. More.") == "Pi is 3.14 roughly."  # a '.' inside a number is no end
+    assert first_sentence('The answer is "snow"\n\n### Instruction:\nMore.') == 'The answer is "snow"'
+    assert first_sentence("A sentence cut off by the token lim") == "A sentence cut off by the token lim"
+    assert first_sentence("") == ""
+
+
+def test_brevity_pairs_prefer_the_models_own_first_sentence_to_its_whole_answer():
+    prompts = [f"### Instruction:\nWhat is {w}?\n\n### Response:\n" for w in ("a tide", "a desert", "snow", "fog")]
+    answers = ["A tide is the rise and fall of the sea. It is caused by the moon, and it happens twice a day.",
+               "A desert is a dry land.",                        # already brief: nothing to prefer
+               'The answer is "snow"\n\n### Instruction:\nWhat is rain? Rain is water falling from clouds.',
+               "Fog is a cloud near the ground. It forms when"]  # 2nd part too short: not clearly longer
+    pairs = brevity_pairs(prompts, answers)
+    assert pairs == [{"prompt": prompts[0], "chosen": "A tide is the rise and fall of the sea.", "rejected": answers[0]}]
+    validate_preferences(pairs)
+    assert len(brevity_pairs(prompts, answers, min_ratio=1.2)) == 2  # fog's 10 words >= 1.2 x 7
+    with pytest.raises(ValueError, match="4 prompts but 3 answers"):
+        brevity_pairs(prompts, answers[:3])
+    with pytest.raises(ValueError, match="min_ratio must be > 1"):
+        brevity_pairs(prompts, answers, min_ratio=1.0)
 
 
 def test_validate_preferences_names_record_and_field():
