@@ -104,12 +104,18 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     peak = [0.0]
     stop = threading.Event()
 
+    def sample(**_) -> None:
+        pid = kernel_pid(client)
+        if pid is not None:
+            peak[0] = max(peak[0], peak_rss_mb(pid))
+
     def watch() -> None:
         while not stop.wait(0.5):
-            pid = kernel_pid(client)
-            if pid is not None:
-                peak[0] = max(peak[0], peak_rss_mb(pid))
+            sample()
 
+    # Sampled every 0.5 s and after each cell: a short notebook can finish and shut its kernel
+    # down between two samples of the watcher, and its high-water mark would be lost.
+    client.on_cell_executed = sample
     watcher = threading.Thread(target=watch, daemon=True)
     start = time.perf_counter()
     ok, error = True, ""
