@@ -56,6 +56,15 @@ def t4_mode() -> bool:
     return _switch("LABKIT_GPU", GPU_MODES) == "t4"
 
 
+def fsdp_launched() -> bool:
+    """True when `accelerate launch` runs this process under FSDP (it sets ACCELERATE_USE_FSDP=true).
+
+    Why the loader must know: FSDP shards only tensors of one float dtype, so a 4-bit base must be
+    stored in that dtype and must not be placed on a GPU by device_map (FSDP places the shards).
+    """
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+
+
 def cuda_supports_bf16() -> bool:
     """True on Ampere or newer, False in T4 mode. Asked via the capability so a mocked T4 (7.5) answers False."""
     if not torch.cuda.is_available() or t4_mode():

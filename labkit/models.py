@@ -264,14 +264,19 @@ def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype)
     except Exception as exc:  # noqa: BLE001 - any import failure means the same fix
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
                          f"Install it: pip install -U '{BITSANDBYTES_REQUIREMENT}'") from exc
-    return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype))
+    return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype, fsdp=env.fsdp_launched()))
 
 
-def bnb_kwargs(quantization: str, dtype: torch.dtype) -> dict:
-    """The BitsAndBytesConfig arguments for "nf4" (QLoRA's recipe) or "int8" (drift-guard tested)."""
+def bnb_kwargs(quantization: str, dtype: torch.dtype, fsdp: bool = False) -> dict:
+    """The BitsAndBytesConfig arguments for "nf4" (QLoRA's recipe) or "int8" (drift-guard tested).
+
+    Under FSDP the packed 4-bit weights are stored in `dtype` (bitsandbytes' `quant_storage`, uint8
+    otherwise): FSDP shards only float tensors of one dtype (bitsandbytes' FSDP-QLoRA guide).
+    """
     if quantization == "nf4":
+        storage = {"bnb_4bit_quant_storage": dtype} if fsdp else {}
         return dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=dtype)
+                    bnb_4bit_compute_dtype=dtype, **storage)
     return dict(load_in_8bit=True)
 
 
@@ -295,8 +300,10 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        # under torchrun / accelerate each process puts its 4-bit copy on its own GPU
-        kwargs["device_map"] = {"": dev if dev != "cuda" else int(os.environ.get("LOCAL_RANK", 0))}
+        # under torchrun / accelerate each process puts its 4-bit copy on its own GPU; under FSDP,
+        # FSDP places the shards itself (no device_map, as in bitsandbytes' FSDP-QLoRA guide)
+        if not (dev == "cuda" and env.fsdp_launched()):
+            kwargs["device_map"] = {"": dev if dev != "cuda" else int(os.environ.get("LOCAL_RANK", 0))}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as exc:  # noqa: BLE001

@@ -197,3 +197,29 @@ def test_load_model_reads_a_local_folder_in_full_precision_and_nf4(tmp_path):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in nf4.modules())
     with pytest.raises(models.ModelError, match="no such folder.*save_pretrained"):
         models.load_model(str(tmp_path / "missing"))
+
+
+def test_nf4_under_fsdp_stores_weights_in_the_compute_dtype_and_lets_fsdp_place_them(tmp_path, monkeypatch):
+    """FSDP shards float tensors of one dtype: the 4-bit base is stored in that dtype, with no device_map."""
+    from transformers import AutoModelForCausalLM
+
+    assert "bnb_4bit_quant_storage" not in models.bnb_kwargs("nf4", torch.bfloat16)
+    assert models.bnb_kwargs("nf4", torch.bfloat16, fsdp=True)["bnb_4bit_quant_storage"] == torch.bfloat16
+    folder = models.save_tiny_model(tmp_path / "tiny")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stop here: only the arguments are checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(models.env, "nf4_device", lambda dev: dev)
+    for flag in ("false", "true"):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", flag)
+        with pytest.raises(models.ModelError):
+            models.load_model(str(folder), quantization="nf4", device="cuda", dtype=torch.bfloat16)
+    plain, fsdp = seen
+    assert plain["device_map"] == {"": 0} and plain["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+    assert "device_map" not in fsdp and fsdp["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert not models.env.fsdp_launched()
