@@ -13,12 +13,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labkit.data import validate_records
+from labkit.data import PROMPT_TEMPLATE_WITH_INPUT, validate_records
 from labkit.evaluate import EvalResult, Table, evaluate_records
 
 __all__ = ["split_prompt", "as_chat", "PromptingRow", "measure_prompt", "prompting_table"]
 
-_HEAD, _INPUT, _TAIL = "### Instruction:\n", "\n\n### Input:\n", "\n\n### Response:\n"
+# The course template's three fixed parts, read from the template itself (one place to change it).
+_HEAD, _REST = PROMPT_TEMPLATE_WITH_INPUT.split("{instruction}")
+_INPUT, _TAIL = _REST.split("{input}")
 
 
 def split_prompt(prompt: str) -> tuple[str, str | None]:
@@ -85,6 +87,8 @@ def measure_prompt(model, tokenizer, records: Sequence[dict], name: str, max_new
 
 def prompting_table(rows: Sequence[PromptingRow]) -> Table:
     """One row per approach: the scores, and the prompt tokens and time each call costs."""
+    if not rows:
+        raise ValueError("prompting_table needs at least one measured approach (from measure_prompt).")
     if len({row.result.n for row in rows}) > 1 or len({tuple(row.result.references) for row in rows}) > 1:
         raise ValueError("The approaches were scored on different records; score them on the same test set.")
     return Table([row.as_row() for row in rows], percent=["exact match", "JSON valid"],

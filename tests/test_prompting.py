@@ -49,3 +49,5 @@ def test_measure_prompt_and_table_on_a_tiny_model(tiny):
     other = P.PromptingRow("other", EvalResult(1.0, 1.0, 1.0, 1, ["x"], ["x"]), 10, 0.1)
     with pytest.raises(ValueError, match="different records"):
         P.prompting_table([short, other])
+    with pytest.raises(ValueError, match="at least one"):
+        P.prompting_table([])
