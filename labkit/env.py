@@ -62,7 +62,12 @@ def fsdp_launched() -> bool:
     Why the loader must know: FSDP shards only tensors of one float dtype, so a 4-bit base must be
     stored in that dtype and must not be placed on a GPU by device_map (FSDP places the shards).
     """
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+    return _env_true("ACCELERATE_USE_FSDP")
+
+
+def _env_true(name: str) -> bool:
+    """An on/off environment variable is on ("1", "true", "yes" or "on", any case)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def cuda_supports_bf16() -> bool:
@@ -115,9 +120,8 @@ def in_colab() -> bool:
 
 def is_offline() -> bool:
     """Offline when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE say so, or the Hub does not resolve."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return True
+    if any(_env_true(var) for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
     return not _hub_reachable()
 
 
