@@ -1,14 +1,18 @@
 """Training throughput: labkit's CPU defaults vs TRL's default SFTConfig; QLoRA vs LoRA memory.
 
-Part 1 (one process, back to back, same NF4 base, same LoRA adapters, same invoice records):
+Part 1 (one process, back to back, same NF4 weights, same LoRA adapters (lesson 05's: r 16, all seven
+projections, dropout 0), same invoice records):
   - "TRL defaults": SFTConfig with only the run length set (bf16 autocast + gradient
-    checkpointing, random batches);
-  - "labkit": SFTConfig(**labkit.train.sft_config_kwargs(...)) (fp32, no checkpointing,
-    length-grouped batches), run as train_sft runs it: TRL's fused LM head projects only the
-    answer tokens (labkit._compat.trl_fused_head_labelled_only; TRL projects every position off GPU).
+    checkpointing, random batches), on an NF4 base computing in fp32 (BitsAndBytesConfig's default);
+  - "labkit": SFTConfig(**labkit.train.sft_config_kwargs(...)) on `load_model(quantization="nf4")`,
+    i.e. what labkit chooses for this CPU (labkit.env): where the CPU has native bf16, the NF4 base
+    dequantises to bf16, training runs under bf16 autocast, attention is eager; no checkpointing,
+    length-grouped batches, and TRL's fused LM head projects only the answer tokens
+    (labkit._compat.trl_fused_head_labelled_only; TRL projects every position off GPU);
+  - "labkit fp32": the same in fp32 (LABKIT_CPU_DTYPE=fp32; every CPU without native bf16).
   Tokens/s counts non-padding tokens over the time spent in training steps (first step excluded:
-  it pays one-off allocation costs). The runs alternate (labkit, TRL, labkit, TRL, ...) so a
-  machine shared with other jobs slows both alike; the best round of each is reported.
+  it pays one-off allocation costs). The runs alternate (labkit, labkit fp32, TRL, labkit, ...) so a
+  machine shared with other jobs slows all alike; the best round of each is reported.
   Target: labkit >= 2.5x TRL defaults (issue 15; it was 1.3x).
 
 Part 2 (one fresh subprocess per mode, so one run's memory cannot hide in the other's): peak
@@ -40,7 +44,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from labkit.train import ThroughputMeter  # noqa: E402
 
-LORA = {"r": 16, "alpha": 32}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # lesson 05's adapters
 BATCH = 4  # the CPU course profile's batch size
 LR = 2e-4
 
@@ -121,7 +125,7 @@ def _token_shape(records, tok) -> tuple[float, float]:
     return answer / total, total / len(enc)
 
 
-def roofline(model, tok, records, tps: dict[str, float]) -> None:
+def roofline(model, tok, records, tps: dict[str, float], labkit_dtype: str) -> None:
     """Print each setting's achieved GFLOP/s as a fraction of the measured matmul peaks."""
     from labkit.lora import count_parameters
 
@@ -136,11 +140,11 @@ def roofline(model, tok, records, tps: dict[str, float]) -> None:
         achieved = rate * flops / 1e9
         fractions = ", ".join(f"{achieved / v:.0%} of the {k} peak" for k, v in peaks.items())
         print(f"  {name:<14} {rate:7.1f} tok/s = {achieved:6.1f} GFLOP/s: {fractions}")
-    best = tps["labkit"] * flops / 1e9 / peaks["float32"]
-    print(f"labkit vs the fp32 peak (it computes in fp32): {best:.0%} (target >= 60%: "
-          f"{'met' if best >= 0.6 else 'NOT met'})")
-    bf16 = tps["labkit bf16"] * flops / 1e9 / peaks["bfloat16"]
-    print(f"labkit bf16 autocast vs the bf16 peak: {bf16:.0%} (target >= 60% if bf16 were chosen)")
+    own = tps["labkit"] * flops / 1e9 / peaks[labkit_dtype]
+    print(f"labkit vs the {labkit_dtype} peak (the dtype it computes in here): {own:.0%} (target >= 60%: "
+          f"{'met' if own >= 0.6 else 'NOT met'})")
+    fp32 = tps["labkit fp32"] * flops / 1e9 / peaks["float32"]
+    print(f"labkit fp32 (LABKIT_CPU_DTYPE=fp32) vs the fp32 peak: {fp32:.0%}")
 
 
 def throughput(n_records: int, rounds: int) -> None:
@@ -155,35 +159,39 @@ def throughput(n_records: int, rounds: int) -> None:
 
     env.set_seed(0)
     records = course_dataset("invoices", "train")[:n_records]
-    model, tok = load_model(quantization="nf4")
-    model = add_lora(model, **LORA)
-    print(f"{n_records} invoice records, 1 epoch, batch {BATCH}, NF4 base + LoRA r={LORA['r']}, "
-          f"torch threads {torch.get_num_threads()}")
+    dtype = env.compute_dtype("cpu")
+    # labkit's choice for this CPU (bf16 compute and eager attention where the CPU has native bf16),
+    # and the fp32 reference every CPU without native bf16 gets: also what TRL's defaults start from
+    # (BitsAndBytesConfig computes in fp32 unless told otherwise).
+    fast, tok = load_model(quantization="nf4", device="cpu")
+    fp32, _ = load_model(quantization="nf4", device="cpu", dtype=torch.float32)
+    fast, fp32 = add_lora(fast, **LORA), add_lora(fp32, **LORA)
+    print(f"{n_records} invoice records, 1 epoch, batch {BATCH}, NF4 base + LoRA r={LORA['r']} (dropout "
+          f"{LORA['dropout']}, as lesson 05), torch threads {torch.get_num_threads()}; labkit computes in {dtype} here")
     common = dict(num_train_epochs=1, learning_rate=LR, per_device_train_batch_size=BATCH, report_to="none",
                   disable_tqdm=True, include_num_input_tokens_seen="non_padding", save_strategy="no",
                   seed=0, use_cpu=True)
-    results: dict[str, list[float]] = {"labkit": [], "labkit bf16": [], "TRL defaults": []}
-    with tempfile.TemporaryDirectory() as out, no_repacking(model):
+    results: dict[str, list[float]] = {"labkit": [], "labkit fp32": [], "TRL defaults": []}
+    with tempfile.TemporaryDirectory() as out, no_repacking(fast), no_repacking(fp32):
         labkit_kw = sft_config_kwargs(out, device="cpu", epochs=1, learning_rate=LR, batch_size=BATCH,
                                       has_val=False, progress=False, save_strategy="no", logging_steps=50)
-        trl_kw = dict(output_dir=out, **common)
-        # Issue 15's candidate: labkit's settings with bf16 autocast (fast on CPUs with native bf16).
-        # Measured here for speed only; labkit adopts it only if held-out exact match holds too.
-        bf16_kw = labkit_kw | {"bf16": True}
+        runs = (("labkit", fast, labkit_kw), ("labkit fp32", fp32, labkit_kw | {"bf16": False}),
+                ("TRL defaults", fp32, dict(output_dir=out, **common)))
         for r in range(rounds):
-            for name, kw in (("labkit", labkit_kw), ("labkit bf16", bf16_kw), ("TRL defaults", trl_kw)):
+            for name, model, kw in runs:
                 tps, tokens = _run(model, tok, records, kw, answer_only=name.startswith("labkit"))
                 results[name].append(tps)
                 print(f"  round {r + 1} {name:<13} {tps:7.1f} tok/s  ({tokens} tokens timed)", flush=True)
     best = {k: max(v) for k, v in results.items()}
     ratio = best["labkit"] / best["TRL defaults"]
-    print(f"TRL default SFTConfig (bf16 autocast + gradient checkpointing): {best['TRL defaults']:.1f} tok/s")
-    print(f"labkit CPU defaults (fp32, no checkpointing, grouped by length, answer-only LM head): "
-          f"{best['labkit']:.1f} tok/s")
-    print(f"labkit with bf16 autocast (a candidate, not labkit's default): {best['labkit bf16']:.1f} tok/s "
-          f"({best['labkit bf16'] / best['labkit']:.2f}x labkit)")
+    print(f"TRL default SFTConfig (bf16 autocast + gradient checkpointing, fp32 NF4 compute): "
+          f"{best['TRL defaults']:.1f} tok/s")
+    print(f"labkit fp32 (no checkpointing, grouped by length, answer-only LM head; every CPU without native "
+          f"bf16): {best['labkit fp32']:.1f} tok/s")
+    print(f"labkit on this CPU ({dtype}: NF4 computing in it, autocast, {env.attention_implementation('cpu', dtype)} "
+          f"attention): {best['labkit']:.1f} tok/s ({best['labkit'] / best['labkit fp32']:.2f}x labkit fp32)")
     print(f"ratio labkit / TRL defaults: {ratio:.2f}x  (target >= 2.5x: {'met' if ratio >= 2.5 else 'NOT met'})")
-    roofline(model, tok, records, best)
+    roofline(fast, tok, records, best, str(dtype).removeprefix("torch."))
 
 
 def memory_child(mode: str, n_records: int, steps: int) -> dict:
@@ -196,7 +204,10 @@ def memory_child(mode: str, n_records: int, steps: int) -> dict:
 
     env.set_seed(0)
     records = course_dataset("invoices", "train")[:n_records]
-    model, tok = load_model(quantization="nf4" if mode == "nf4" else None)
+    import torch
+
+    # "fp32": a LoRA run on the full-precision base in fp32; "nf4": QLoRA as labkit runs it on this CPU
+    model, tok = load_model(quantization="nf4") if mode == "nf4" else load_model(dtype=torch.float32)
     weights_mb = model.get_memory_footprint() / 2**20
     reset_peak_rss()
     before = peak_rss_mb()

@@ -10,6 +10,8 @@ Two switches, read from the environment:
   GPU's own capabilities decide.
 - LABKIT_PROFILE=cpu forces the CPU course sizes on a GPU machine (for comparisons); "gpu" or
   unset: the hardware decides.
+- LABKIT_CPU_DTYPE=fp32 keeps a CPU with native bf16 in fp32 (the reference path, and what every
+  other CPU uses); "bf16" asks for bf16 anyway; unset: bf16 exactly where the CPU has native bf16.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 _BF16_MIN_CAPABILITY = (8, 0)
 GPU_MODES = ("native", "t4")
 PROFILES = ("cpu", "gpu")
+CPU_DTYPES = ("fp32", "bf16")
 
 
 class EnvError(ValueError):
@@ -77,17 +80,52 @@ def cuda_supports_bf16() -> bool:
     return tuple(torch.cuda.get_device_capability(0)) >= _BF16_MIN_CAPABILITY
 
 
-def compute_dtype(dev: str | None = None) -> torch.dtype:
-    """bf16 on CUDA with bf16, fp16 on CUDA without it (T4, or T4 mode), fp32 elsewhere.
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX tiles: bf16 matmuls run natively, at 2-4x fp32's rate.
 
-    Why fp32 on the CPU: CPU kernels do not train in fp16, and on most laptops bf16 autocast is
-    slower than fp32. Why fp32 on Apple MPS: fp16 training there needs loss scaling that not every
-    torch/macOS pair supports, and the course model is small enough for fp32 in unified memory.
+    Asked through torch's own CPU probes (private names, watched by tests/test_drift.py); a torch
+    without them answers False, which only costs speed.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def cpu_bf16() -> bool:
+    """Does labkit compute in bf16 on this CPU? Yes where it is native, unless LABKIT_CPU_DTYPE says otherwise.
+
+    Why (issue 15, measured on a 2-core AVX512-BF16 CPU, lesson 05's QLoRA run): an NF4 base that
+    dequantises straight to bf16, bf16 autocast and eager attention train ~2.3x faster than fp32,
+    with the same held-out exact match (benchmarks/train_throughput.py prints both). Without native
+    bf16 the same kernels are slower than fp32, so every other CPU stays in fp32.
+    """
+    choice = _switch("LABKIT_CPU_DTYPE", CPU_DTYPES)
+    return choice == "bf16" if choice else cpu_has_native_bf16()
+
+
+def compute_dtype(dev: str | None = None) -> torch.dtype:
+    """bf16 on CUDA with bf16, fp16 on CUDA without it (T4, or T4 mode), bf16 on a CPU with native
+    bf16 (`cpu_bf16`), fp32 elsewhere.
+
+    Why fp32 on other CPUs: CPU kernels do not train in fp16, and without native bf16 instructions
+    bf16 is slower than fp32. Why fp32 on Apple MPS: fp16 training there needs loss scaling that not
+    every torch/macOS pair supports, and the course model is small enough for fp32 in unified memory.
     """
     dev = dev or device()
     if dev == "cuda":
         return torch.bfloat16 if cuda_supports_bf16() else torch.float16
+    if dev == "cpu" and cpu_bf16():
+        return torch.bfloat16
     return torch.float32
+
+
+def attention_implementation(dev: str, dtype: torch.dtype) -> str:
+    """"eager" for bf16 on a CPU, "sdpa" everywhere else.
+
+    Why: torch's fused CPU attention kernel is slower in bf16 than the plain matmul-softmax-matmul
+    (lesson 05's training step: 6.6 s -> 5.5 s for 6 steps, issue 15); in fp32 the two are equal and
+    on GPUs sdpa is the fast one (no FlashAttention on a T4's Turing cores, sdpa still works there).
+    """
+    return "eager" if dev == "cpu" and dtype == torch.bfloat16 else "sdpa"
 
 
 def gradient_checkpointing(dev: str | None = None) -> bool:
@@ -193,6 +231,7 @@ def course_profile(dev: str | None = None) -> Profile:
                        n_train=256, n_val=32, n_test=64, epochs=2, batch_size=4,
                        gradient_checkpointing=gradient_checkpointing(dev),
                        optim="paged_adamw_8bit" if t4 else "adamw_torch")
-    return Profile(name="cpu" if dev == "cpu" else dev, device=dev, dtype="float32", n_train=160, n_val=16, n_test=32, epochs=2,
+    return Profile(name="cpu" if dev == "cpu" else dev, device=dev,
+                   dtype=str(compute_dtype(dev)).removeprefix("torch."), n_train=160, n_val=16, n_test=32, epochs=2,
                    batch_size=4,  # on a CPU: less padding and more updates than 8 for the same compute
                    gradient_checkpointing=False, optim="adamw_torch")

@@ -285,8 +285,8 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     """Load a course model (a registry name, or a local folder saved by save_pretrained) and its
     tokenizer → (model, tokenizer).
 
-    dtype defaults to `labkit.env.compute_dtype()` (fp32 on CPU and Apple MPS, fp16 on a T4, bf16 on
-    Ampere+); pass `dtype=torch.float32` for a like-for-like fp32 baseline on any device.
+    dtype defaults to `labkit.env.compute_dtype()` (fp16 on a T4, bf16 on Ampere+ and on CPUs with
+    native bf16, fp32 on other CPUs and Apple MPS); pass `dtype=torch.float32` for a like-for-like fp32 baseline on any device.
     `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation, compute in that
     dtype); on Apple silicon it is placed on the CPU (`labkit.env.nf4_device`). Weights are read
     from safetensors only and no remote code is ever run.
@@ -297,7 +297,8 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     dtype = dtype or env.compute_dtype(dev)
     qconfig = _quantization_config(quantization, dev, dtype)
     source, tok = _source_and_tokenizer(name)
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False,
+                  attn_implementation=env.attention_implementation(dev, dtype))
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         # under torchrun / accelerate each process puts its 4-bit copy on its own GPU; under FSDP,

@@ -127,7 +127,8 @@ def records_to_dataset(records: Sequence[dict]):
 def device_training_kwargs(dev: str | None = None) -> dict[str, Any]:
     """The TrainingArguments keywords that depend on the device (shared by SFT and DPO configs).
 
-    CPU → fp32, `use_cpu`; CUDA with bf16 → bf16 autocast; CUDA without bf16 (a T4, or LABKIT_GPU=t4)
+    CPU → `use_cpu`, fp32, or bf16 autocast where the CPU has native bf16 (`labkit.env.cpu_bf16`);
+    CUDA with bf16 → bf16 autocast; CUDA without bf16 (a T4, or LABKIT_GPU=t4)
     → fp16 autocast with fp32 master weights, gradient checkpointing (`labkit.env.gradient_checkpointing`,
     the one rule) and paged 8-bit AdamW. Apple MPS → fp32 (see `labkit.env.compute_dtype`).
     """
@@ -135,7 +136,7 @@ def device_training_kwargs(dev: str | None = None) -> dict[str, Any]:
     gc = checkpointing_key()
     kw: dict[str, Any] = {"optim": "adamw_torch", "bf16": False, "fp16": False, gc: env.gradient_checkpointing(dev)}
     if dev == "cpu":
-        kw["use_cpu"] = True
+        kw.update(use_cpu=True, bf16=env.cpu_bf16())
     elif dev == "cuda" and env.cuda_supports_bf16():
         kw["bf16"] = True
     elif dev == "cuda":
@@ -379,15 +380,17 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
               early_stopping_patience: int | None = None, max_grad_norm: float = 1.0,
               warmup_ratio: float = 0.1, lr_scheduler: str = "cosine", weight_decay: float = 0.0,
               gradient_accumulation_steps: int = 1, seed: int = 0, plot: bool = True, progress: bool = True,
-              callbacks: Sequence[TrainerCallback] = (), **overrides) -> History:
+              callbacks: Sequence[TrainerCallback] = (), device: str | None = None, **overrides) -> History:
     """Fine-tune `model` on prompt/completion records → History (with `.model`, the trained model).
 
     lora: None trains the model as given (its adapters if it already is a PeftModel, else every
     weight: full fine-tuning); a dict is passed to labkit.lora.add_lora; a peft LoraConfig is
     applied with labkit.lora.attach_lora. batch_size defaults to the course profile's. Validation
     loss is measured before training and after each epoch; checkpoints go to output_dir (default:
-    a fresh temporary folder); resume=True continues from its last checkpoint. Any SFTConfig field
-    can be overridden by keyword (e.g. gradient_checkpointing=True).
+    a fresh temporary folder); resume=True continues from its last checkpoint. device: where to train
+    (default `labkit.env.device()`; "cpu" runs the CPU recipe on any machine, for a model loaded
+    with `load_model(device="cpu")`). Any SFTConfig field can be overridden by keyword (e.g.
+    gradient_checkpointing=True).
     """
     from trl import SFTConfig
 
@@ -397,7 +400,7 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
     env.set_seed(seed)
     model = _trainable_model(model, lora)
     out, checkpoint = _output_dir(output_dir, resume)
-    dev = env.device()
+    dev = device or env.device()
     kwargs = sft_config_kwargs(
         str(out), device=dev, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         max_length=max_length, has_val=val is not None, early_stopping_patience=early_stopping_patience,

@@ -195,6 +195,9 @@ def test_dpo_config_is_device_aware_and_overridable(monkeypatch):
     from labkit._compat import checkpointing_key
 
     gc = checkpointing_key()
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: True)
+    assert dpo_config_kwargs("out", device="cpu")["bf16"]  # bf16 autocast where the CPU has native bf16
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: False)
     cpu = dpo_config_kwargs("out", device="cpu")
     assert cpu["use_cpu"] and not cpu["bf16"] and not cpu["fp16"] and cpu[gc] is False
     assert cpu["learning_rate"] == DPO_LEARNING_RATE > 1e-6  # not TRL's default: see DPO_LEARNING_RATE

@@ -29,6 +29,19 @@ def test_doctor_on_a_mocked_t4_says_fp16(monkeypatch, capsys):
     assert checks["bf16"].status == "WARN" and "float16" in checks["bf16"].detail
 
 
+def test_doctor_says_which_dtype_a_cpu_trains_in_and_why(monkeypatch):
+    from labkit import env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: True)
+    assert "training dtype torch.bfloat16 (native bf16 on this CPU)" in D.check_device()[0].detail
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: False)
+    assert "training dtype torch.float32 (no native bf16 on this CPU)" in D.check_device()[0].detail
+    monkeypatch.setenv("LABKIT_CPU_DTYPE", "fp32")
+    assert "torch.float32 (LABKIT_CPU_DTYPE=fp32)" in D.check_device()[0].detail
+
+
 def test_doctor_fail_line_names_the_fix():
     c = D.Check("gguf", "FAIL", "not installed", "make setup")
     assert c.line().startswith("[FAIL]") and "make setup" in c.line()

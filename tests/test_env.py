@@ -16,9 +16,39 @@ def mock_cuda(monkeypatch, capability, name="Tesla T4", vram_gb=15.0):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
 
 
-def test_cpu_uses_fp32():
+def test_cpu_uses_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: False)
     assert env.compute_dtype("cpu") == torch.float32
     assert env.compute_dtype("mps") == torch.float32
+    assert env.attention_implementation("cpu", torch.float32) == "sdpa"
+
+
+def test_cpu_with_native_bf16_computes_in_bf16_with_eager_attention(monkeypatch):
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: True)
+    assert env.compute_dtype("cpu") == torch.bfloat16
+    assert env.compute_dtype("mps") == torch.float32  # a Mac's GPU is not the CPU
+    assert env.attention_implementation("cpu", torch.bfloat16) == "eager"
+    assert env.attention_implementation("cuda", torch.bfloat16) == "sdpa"
+    assert env.course_profile("cpu").dtype == "bfloat16"
+
+
+def test_cpu_dtype_switch_overrides_the_probe_and_rejects_typos(monkeypatch):
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("LABKIT_CPU_DTYPE", "fp32")
+    assert env.compute_dtype("cpu") == torch.float32 and env.course_profile("cpu").dtype == "float32"
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv("LABKIT_CPU_DTYPE", "BF16")
+    assert env.compute_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("LABKIT_CPU_DTYPE", "fp16")
+    with pytest.raises(env.EnvError, match="LABKIT_CPU_DTYPE='fp16'.*fp32, bf16"):
+        env.compute_dtype("cpu")
+
+
+def test_native_bf16_probe_asks_torch():
+    """torch.cpu's probes are private: if they move, the probe must not silently answer False."""
+    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert env.cpu_has_native_bf16() == expected
 
 
 def test_t4_uses_fp16_not_bf16(monkeypatch):
@@ -36,7 +66,7 @@ def test_a100_uses_bf16(monkeypatch):
 
 def test_profiles_follow_the_hardware(monkeypatch):
     cpu = env.course_profile("cpu")
-    assert cpu.name == "cpu" and cpu.dtype == "float32" and not cpu.gradient_checkpointing
+    assert cpu.name == "cpu" and cpu.dtype in ("float32", "bfloat16") and not cpu.gradient_checkpointing
     mock_cuda(monkeypatch, (7, 5))
     t4 = env.course_profile()
     assert t4.name == "gpu-t4" and t4.dtype == "float16"

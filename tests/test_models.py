@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from labkit import models
+from labkit import env, models
 
 
 def test_unknown_model_lists_the_available_ones():
@@ -192,7 +192,10 @@ def test_load_model_reads_a_local_folder_in_full_precision_and_nf4(tmp_path):
 
     folder = models.save_tiny_model(tmp_path / "tiny")
     model, tok = models.load_model(str(folder))
-    assert model.dtype == torch.float32 and tok.pad_token_id != tok.eos_token_id
+    assert model.dtype == env.compute_dtype("cpu") and tok.pad_token_id != tok.eos_token_id
+    assert model.config._attn_implementation == env.attention_implementation("cpu", model.dtype)
+    full, _ = models.load_model(str(folder), dtype=torch.float32)
+    assert full.dtype == torch.float32 and full.config._attn_implementation == "sdpa"
     nf4, _ = models.load_model(str(folder), quantization="nf4")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in nf4.modules())
     with pytest.raises(models.ModelError, match="no such folder.*save_pretrained"):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from labkit import env
 from labkit import train as T
@@ -24,9 +25,13 @@ def _records(n: int, offset: int = 0) -> list[dict]:
 # Config per device (no trainer is built on CUDA: only the kwargs are checked)
 
 
-def test_cpu_defaults_build_a_config(tmp_path):
+def test_cpu_defaults_build_a_config(tmp_path, monkeypatch):
     from trl import SFTConfig
 
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: True)
+    native = SFTConfig(**sft_config_kwargs(str(tmp_path), device="cpu"))
+    assert native.bf16 is True and not native.fp16 and getattr(native, GC) is False
+    monkeypatch.setattr(env, "cpu_has_native_bf16", lambda: False)
     kw = sft_config_kwargs(str(tmp_path), device="cpu")
     assert kw["use_cpu"] and not kw["bf16"] and not kw["fp16"] and not kw[GC]
     assert kw["completion_only_loss"] is True
@@ -333,6 +338,22 @@ def test_interrupted_run_resumes_to_same_adapter(tiny, tmp_path):
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
     assert resumed.val_loss == pytest.approx(full.val_loss, abs=1e-4)
     assert resumed.train_loss == pytest.approx(full.train_loss, abs=1e-4)
+
+
+def test_device_cpu_trains_with_the_cpu_recipe_on_a_gpu_machine(tiny, monkeypatch, tmp_path):
+    """Lesson 05 compares train_sft with a plain CPU script on every machine: device="cpu" must win over the GPU."""
+    _, tok = tiny
+    monkeypatch.setattr(env, "device", lambda: "cuda")
+    monkeypatch.setattr(env, "cuda_supports_bf16", lambda: False)  # the GPU recipe would be fp16: CUDA-only
+    seen = []
+
+    class Args(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(args)
+
+    h = train_sft(_fresh_tiny(), tok, _records(4), lora={"r": 4}, batch_size=2, max_steps=1, plot=False,
+                  progress=False, output_dir=tmp_path, device="cpu", callbacks=[Args()])
+    assert h.steps == 1 and seen[0].use_cpu and not seen[0].fp16 and seen[0].optim == "adamw_torch"
 
 
 def test_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
