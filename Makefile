@@ -74,6 +74,7 @@ test: setup lint
 benchmark: setup
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/profile_step.py
 
 # On a CUDA machine: the GPU tests (native and T4 mode) and, where the course model is installed, every
 # notebook in both modes; writes build/gpu-report.md. Skips nothing silently; exits 1 without CUDA.

@@ -125,6 +125,29 @@ def _token_shape(records, tok) -> tuple[float, float]:
     return answer / total, total / len(enc)
 
 
+def padding_share(records, tok, batch: int) -> dict[str, float]:
+    """Share of each batch that is padding, for length-grouped batches (labkit) vs random ones (TRL's default).
+
+    Why it is printed: padding-free (packed) batches only pay if padding is a large share, and on a CPU
+    they are not an option anyway (eager/sdpa attention would attend across the packed records; only
+    FlashAttention's variable-length kernels respect the boundaries).
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from labkit.data import tokenize_with_labels
+
+    lens = [len(tokenize_with_labels(r, tok)["input_ids"]) + 1 for r in records]  # + the EOS TRL appends
+    g = torch.Generator().manual_seed(0)
+    orders = {"grouped": list(LengthGroupedSampler(batch, lengths=lens, generator=g)),
+              "random": torch.randperm(len(lens), generator=g).tolist()}
+    share = {}
+    for name, order in orders.items():
+        batches = [[lens[i] for i in order[k:k + batch]] for k in range(0, len(order), batch)]
+        share[name] = 1 - sum(map(sum, batches)) / sum(max(b) * len(b) for b in batches)
+    return share
+
+
 def roofline(model, tok, records, tps: dict[str, float], labkit_dtype: str) -> None:
     """Print each setting's achieved GFLOP/s as a fraction of the measured matmul peaks."""
     from labkit.lora import count_parameters
@@ -191,6 +214,9 @@ def throughput(n_records: int, rounds: int) -> None:
     print(f"labkit on this CPU ({dtype}: NF4 computing in it, autocast, {env.attention_implementation('cpu', dtype)} "
           f"attention): {best['labkit']:.1f} tok/s ({best['labkit'] / best['labkit fp32']:.2f}x labkit fp32)")
     print(f"ratio labkit / TRL defaults: {ratio:.2f}x  (target >= 2.5x: {'met' if ratio >= 2.5 else 'NOT met'})")
+    pad = padding_share(records, tok, BATCH)
+    print(f"padding: {pad['grouped']:.1%} of the tokens in labkit's length-grouped batches, {pad['random']:.1%} in "
+          f"random batches (so padding-free batches could save at most {pad['grouped']:.1%} here)")
     roofline(fast, tok, records, best, str(dtype).removeprefix("torch."))
 
 
