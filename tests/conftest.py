@@ -16,10 +16,12 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def smol():
-    """The real embedded SmolLM2-135M-Instruct in fp32 (slow tests only)."""
+    """The real embedded SmolLM2-135M-Instruct in fp32 on any CPU (slow tests only): the reference precision."""
+    import torch
+
     from labkit.models import load_model
 
-    return load_model()
+    return load_model(dtype=torch.float32)
 
 
 def pytest_configure(config):
