@@ -55,3 +55,11 @@ def test_training_flops_per_token_counts_the_backbone_four_times():
     assert flops == 4 * per_layer * 2
     with_head = train_throughput.train_flops_per_token(cfg, lora_params=100, answer_fraction=0.5, seq_len=4)
     assert with_head - flops == 4 * 8 * 10 * 0.5 + 8 * 4 * 8 * 2 + 6 * 100
+
+
+def test_model_shape_rate_times_every_projection():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=10)
+    assert train_throughput.model_shape_gflops(cfg, tokens=8, dtype_name="float32", reps=2) > 0
