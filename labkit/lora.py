@@ -298,7 +298,8 @@ def save_adapter(model, path: str | Path) -> float:
 @dataclass
 class MergeReport:
     """What merge_and_verify found. `max_abs_diff` is adapter-on-fp32-base vs merged (must be tiny);
-    `source_diff` is the model you passed vs merged: quantisation error when you trained on NF4."""
+    `source_diff` is the model you passed vs merged: quantisation error when you trained on NF4,
+    rounding error when its base was bf16/fp16 (`source_16bit`)."""
 
     merged_model: nn.Module = field(repr=False)
     max_abs_diff: float
@@ -306,9 +307,11 @@ class MergeReport:
     source_diff: float
     source_quantized: bool
     atol: float
+    source_16bit: bool = False
 
     def __str__(self) -> str:
-        src = "NF4/8-bit base (quantisation error, information only)" if self.source_quantized else "same-precision base"
+        src = ("NF4/8-bit base (quantisation error, information only)" if self.source_quantized else
+               "bf16/fp16 base (rounding error, information only)" if self.source_16bit else "same-precision base")
         return (f"merged vs adapter+fp32 base: max |Δlogit| = {self.max_abs_diff:.2e} (atol {self.atol:g}) "
                 f"-> {'OK' if self.ok else 'MISMATCH'}\n"
                 f"merged vs the model you trained ({src}): max |Δlogit| = {self.source_diff:.2e}")
@@ -342,8 +345,9 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     within `atol`), and return the merged model.
 
     If you trained on NF4, your model and the merged fp32 model differ by the quantisation error
-    of the base: reported as `source_diff`, for information. If you trained on a same-precision
-    base, `source_diff` must be within atol too — a large one means the wrong base model.
+    of the base: reported as `source_diff`, for information; the same for a bf16/fp16 base (labkit's
+    default on GPUs and on CPUs with native bf16), whose rounding error exceeds atol. If you trained
+    on an fp32 base, `source_diff` must be within atol too — a large one means the wrong base model.
     """
     from peft import PeftModel
 
@@ -379,13 +383,14 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     diff = _max_diff(reference_logits, merged_logits)
     source_diff = _max_diff(source_logits, merged_logits)
     quantized = is_quantized(peft_model.get_base_model())
-    ok = diff <= atol and (quantized or source_diff <= atol)
-    report = MergeReport(merged, diff, ok, source_diff, quantized, atol)
+    sixteen = not quantized and peft_model.get_base_model().dtype in (torch.float16, torch.bfloat16)
+    ok = diff <= atol and (quantized or sixteen or source_diff <= atol)
+    report = MergeReport(merged, diff, ok, source_diff, quantized, atol, sixteen)
     if not ok:
         why = (f"merged vs adapter-on-fp32-base differs by {diff:.3g} > atol {atol:g}: the merge changed "
                "the model's outputs." if diff > atol else
                f"the merged model differs from the model you trained by {source_diff:.3g} > atol {atol:g}, "
-               f"although both are full precision: {_name(base_source)} is probably not the base the "
+               f"although both are fp32: {_name(base_source)} is probably not the base the "
                "adapter was trained on.")
         raise LoRAError(f"Merge verification failed: {why}\n{report}")
     return report

@@ -62,8 +62,10 @@ def write_config(folder: Path, model: Path, batch_size: int, name: str) -> Path:
 
 def launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
     """Run `python -m labkit.cli ...` alone or under torchrun; kill the whole group on timeout."""
+    # fp32: the claim is that gradient averaging over processes equals one process at double batch, to
+    # float rounding; bf16 autocast (labkit's default on CPUs with native bf16) rounds a split batch differently
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "1"}
+           "ACCELERATE_USE_CPU": "1", "LABKIT_CPU_DTYPE": "fp32"}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:

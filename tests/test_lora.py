@@ -191,6 +191,16 @@ def test_merge_and_verify_errors(tiny):
         merge_and_verify(model, model)
 
 
+def test_merge_of_a_bf16_trained_model_reports_its_rounding_for_information(tiny):
+    """labkit trains in bf16 on GPUs and on CPUs with native bf16: that base's rounding is not a wrong base."""
+    model, tok = tiny
+    peft_model = add_lora(copy.deepcopy(model).to(torch.bfloat16), r=4, alpha=8)
+    report = merge_and_verify(peft_model, copy.deepcopy(model), tokenizer=tok)
+    assert report.ok and report.source_16bit and not report.source_quantized
+    assert report.source_diff > report.atol  # the rounding is real, and reported
+    assert "bf16/fp16 base (rounding error, information only)" in str(report)
+
+
 @pytest.mark.slow
 def test_count_parameters_and_merge_on_real_nf4_model():
     from labkit.models import load_model
