@@ -17,22 +17,27 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Operator name fragments → kind of work; the first match wins (order matters: attention before matmul).
+# Operator name fragments (lower case) → kind of work; the first match wins (order matters: attention
+# before matmul, the LM head's fused function before its own matmuls).
 KINDS = (
     ("attention", ("scaled_dot_product", "softmax")),
     ("NF4 dequantisation", ("bitsandbytes::dequantize", "dequantize_4bit", "dequantize_blockwise")),
+    ("LM head + loss", ("logprob", "cross_entropy", "log_softmax", "aten::exp", "aten::sub")),
     ("matrix multiply", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
     ("dropout", ("bernoulli", "dropout")),
     ("dtype copies", ("aten::copy_", "aten::to", "aten::_to_copy")),
-    ("LM head + loss", ("logprob", "cross_entropy", "log_softmax", "aten::exp", "aten::sub")),
+    ("elementwise (norms, RoPE, SiLU, residuals)", ("aten::mul", "aten::add", "aten::silu", "aten::rsqrt",
+                                                    "aten::pow", "aten::mean", "aten::neg", "aten::cat",
+                                                    "aten::div", "aten::sum")),
     ("optimizer", ("adam", "aten::lerp", "aten::addcdiv", "aten::sqrt", "_foreach")),
 )
 
 
 def kind_of(op_name: str) -> str:
     """The kind of work an operator does ("other" when no fragment matches)."""
+    name = op_name.lower()
     for kind, fragments in KINDS:
-        if any(f in op_name for f in fragments):
+        if any(f in name for f in fragments):
             return kind
     return "other"
 
@@ -87,7 +92,7 @@ def profile(dropout: float, rows: int) -> None:
     print(f"steps {first}-{last}, compute dtype {env.compute_dtype('cpu')}, LoRA dropout {dropout}, "
           f"torch threads {torch.get_num_threads()}: {total_s:.2f} s of operator time")
     for kind, share in share_by_kind(self_times).items():
-        print(f"  {kind:<20} {share:6.1%}")
+        print(f"  {kind:<44} {share:6.1%}")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
