@@ -4,7 +4,7 @@ Every other module asks this one for the device, the dtype, the gradient-checkpo
 the course profile, so a notebook never has to branch on hardware itself. This is the lowest
 layer: it imports nothing from labkit, prints nothing, and only `is_offline()` touches the network.
 
-Two switches, read from the environment:
+Three switches, read from the environment:
 - LABKIT_GPU=t4 treats any CUDA GPU as a Colab T4 (no bf16: fp16, gradient checkpointing, paged
   8-bit AdamW), so the T4 path can be exercised on whatever GPU is at hand. Unset or "native": the
   GPU's own capabilities decide.
