@@ -83,8 +83,8 @@ def cuda_supports_bf16() -> bool:
 def cpu_has_native_bf16() -> bool:
     """True on x86 CPUs with AVX512-BF16 or AMX tiles: bf16 matmuls run natively, at 2-4x fp32's rate.
 
-    Asked through torch's own CPU probes (private names, watched by tests/test_drift.py); a torch
-    without them answers False, which only costs speed.
+    Asked through torch's own CPU probes (private names: tests/test_env.py fails if they move); a
+    torch without them answers False, which only costs speed.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
@@ -94,7 +94,7 @@ def cpu_bf16() -> bool:
     """Does labkit compute in bf16 on this CPU? Yes where it is native, unless LABKIT_CPU_DTYPE says otherwise.
 
     Why (issue 15, measured on a 2-core AVX512-BF16 CPU, lesson 05's QLoRA run): an NF4 base that
-    dequantises straight to bf16, bf16 autocast and eager attention train ~2.3x faster than fp32,
+    dequantises straight to bf16, bf16 autocast and eager attention train ~2.1x faster than fp32,
     with the same held-out exact match (benchmarks/train_throughput.py prints both). Without native
     bf16 the same kernels are slower than fp32, so every other CPU stays in fp32.
     """

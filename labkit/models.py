@@ -286,7 +286,8 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     tokenizer → (model, tokenizer).
 
     dtype defaults to `labkit.env.compute_dtype()` (fp16 on a T4, bf16 on Ampere+ and on CPUs with
-    native bf16, fp32 on other CPUs and Apple MPS); pass `dtype=torch.float32` for a like-for-like fp32 baseline on any device.
+    native bf16, fp32 on other CPUs and Apple MPS); pass `dtype=torch.float32` for a like-for-like
+    fp32 baseline on any device. Attention follows `labkit.env.attention_implementation`.
     `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation, compute in that
     dtype); on Apple silicon it is placed on the CPU (`labkit.env.nf4_device`). Weights are read
     from safetensors only and no remote code is ever run.
