@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup constraints bundle course site lab test test-fast lint notebooks exercises benchmark gpu-check clean
+.PHONY: setup constraints bundle course site lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check clean
 
 setup: $(SETUP_DONE)
 
@@ -70,6 +70,11 @@ test: setup lint
 	$(PY) -m labkit.notebooks check
 	$(PY) -m labkit.exercises check
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(NBVAL) tests lessons solutions
+
+# The lessons again in fp32, the path of every CPU without native bf16 (most laptops, Apple silicon's
+# CPU): `make test` on a CPU with native bf16 executes them in bf16 (labkit.env.cpu_bf16). CI runs both.
+test-fp32: setup
+	LABKIT_CPU_DTYPE=fp32 $(PY) -m pytest -q -p no:cacheprovider --durations=5 $(NBVAL) lessons
 
 benchmark: setup
 	$(PY) benchmarks/load.py
