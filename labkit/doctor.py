@@ -8,7 +8,6 @@ T4 mode is on, and where 4-bit (QLoRA) models run on this machine.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import shutil
 import sys
@@ -54,20 +53,12 @@ def check_packages() -> list[Check]:
     return checks
 
 
-def _cpu_dtype_reason(dev: str) -> str:
-    """Why this CPU trains in the dtype it does (the LABKIT_CPU_DTYPE switch can change it)."""
-    if dev != "cpu":
-        return ""
-    if os.environ.get("LABKIT_CPU_DTYPE"):
-        return f" (LABKIT_CPU_DTYPE={os.environ['LABKIT_CPU_DTYPE']})"
-    return " (native bf16 on this CPU)" if env.cpu_has_native_bf16() else " (no native bf16 on this CPU)"
-
-
 def check_device() -> list[Check]:
     """The device and training dtype; on CUDA also bf16, VRAM and whether T4 mode is on."""
     dev, dtype = env.device(), env.compute_dtype()
     if dev != "cuda":
-        detail = f"{dev} (no CUDA GPU); training dtype {dtype}{_cpu_dtype_reason(dev)}; {torch.get_num_threads()} threads"
+        reason = f" ({env.cpu_dtype_reason()})" if dev == "cpu" else ""
+        detail = f"{dev} (no CUDA GPU); training dtype {dtype}{reason}; {torch.get_num_threads()} threads"
         return [Check("device", "OK" if dev == "cpu" else "WARN", detail,
                       "fine for this course: the CPU profile is sized for it")]
     name = torch.cuda.get_device_name(0)

@@ -102,6 +102,14 @@ def cpu_bf16() -> bool:
     return choice == "bf16" if choice else cpu_has_native_bf16()
 
 
+def cpu_dtype_reason() -> str:
+    """Why `cpu_bf16` answers as it does, in words for `labkit doctor`: the switch, or the CPU's probe."""
+    choice = _switch("LABKIT_CPU_DTYPE", CPU_DTYPES)
+    if choice:
+        return f"LABKIT_CPU_DTYPE={choice}"
+    return "native bf16 on this CPU" if cpu_has_native_bf16() else "no native bf16 on this CPU"
+
+
 def compute_dtype(dev: str | None = None) -> torch.dtype:
     """bf16 on CUDA with bf16, fp16 on CUDA without it (T4, or T4 mode), bf16 on a CPU with native
     bf16 (`cpu_bf16`), fp32 elsewhere.
