@@ -1,24 +1,10 @@
 """The benchmark scripts' pure parts: the roofline's FLOP count, padding shares, the profile's grouping."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-profile_step = _load("profile_step")
-train_throughput = _load("train_throughput")
+profile_step = load_benchmark("profile_step")
+train_throughput = load_benchmark("train_throughput")
 
 
 def test_profile_groups_operators_by_kind_of_work():
@@ -48,16 +34,18 @@ def test_padding_share_counts_pad_tokens_per_batch(tiny):
     assert train_throughput.padding_share(records, tok, batch=1) == {"grouped": 0.0, "random": 0.0}
 
 
-def test_training_flops_per_token_counts_the_backbone_four_times():
+def test_roofline_flop_count_for_the_course_model():
+    """4 FLOP per backbone weight per token (forward + activation gradients), plus the head on answer
+    tokens, attention, and 6 per LoRA weight: the issue's "~4 x backbone parameters"."""
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, vocab_size=10)
-    per_layer = 4 * 8 * 8 + 3 * 8 * 16  # q, k, v, o (no grouped-query sharing here) + gate, up, down
-    flops = train_throughput.train_flops_per_token(cfg, lora_params=0, answer_fraction=0.0, seq_len=0)
-    assert flops == 4 * per_layer * 2
-    with_head = train_throughput.train_flops_per_token(cfg, lora_params=100, answer_fraction=0.5, seq_len=4)
-    assert with_head - flops == 4 * 8 * 10 * 0.5 + 8 * 4 * 8 * 2 + 6 * 100
+    from labkit.shapes import COURSE_MODEL_SHAPE
+
+    config = LlamaConfig(**COURSE_MODEL_SHAPE)
+    backbone = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
+    assert train_throughput.train_flops_per_token(config, 0, 0.0, 0) == 4 * backbone == 424_673_280
+    with_head = train_throughput.train_flops_per_token(config, 1000, 0.5, 100)
+    assert with_head == 4 * backbone + 2 * 576 * 49152 + 8 * 100 * 576 * 30 + 6000
 
 
 def test_model_shape_rate_times_every_projection():

@@ -1,14 +1,8 @@
 """benchmarks/gpu_check.py as far as a CPU allows: counting per mode, the report, the no-GPU exit."""
 
-import importlib.util
-import sys
-from pathlib import Path
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-sys.modules["gpu_check"] = gpu_check
-spec.loader.exec_module(gpu_check)
+gpu_check = load_benchmark("gpu_check")
 
 
 def test_counts_tests_per_mode_from_junit_xml(tmp_path):
@@ -35,20 +29,3 @@ def test_report_lists_every_notebook_including_the_ones_not_run():
 def test_without_cuda_it_says_so_and_fails(capsys):
     assert gpu_check.main([]) == 1
     assert "no CUDA GPU here" in capsys.readouterr().out
-
-
-def test_roofline_flop_count_for_the_course_model():
-    """4 FLOP per backbone weight per token (forward + activation gradients), plus the head on answer
-    tokens, attention, and 6 per LoRA weight: the issue's "~4 x backbone parameters"."""
-    from transformers import LlamaConfig
-
-    from labkit.shapes import COURSE_MODEL_SHAPE
-
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    config = LlamaConfig(**COURSE_MODEL_SHAPE)
-    backbone = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
-    assert bench.train_flops_per_token(config, 0, 0.0, 0) == 4 * backbone == 424_673_280
-    with_head = bench.train_flops_per_token(config, 1000, 0.5, 100)
-    assert with_head == 4 * backbone + 2 * 576 * 49152 + 8 * 100 * 576 * 30 + 6000
