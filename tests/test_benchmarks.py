@@ -22,6 +22,15 @@ def test_profile_groups_operators_by_kind_of_work():
     assert shares["matrix multiply"] == pytest.approx(0.8) and sum(shares.values()) == pytest.approx(1.0)
 
 
+def test_profile_shares_by_part_of_the_model_use_inclusive_time():
+    times = {"MatMul4Bit": 3.0, "MatMul4BitBackward": 1.0, "ChunkedLogProbFunction": 1.0,
+             "ChunkedLogProbFunctionBackward": 2.0, "aten::mm": 6.0}  # aten::mm is inside the others: not added
+    shares = profile_step.share_by_part(times, total=10.0)
+    assert shares["NF4 base projections (dequantise + matmul)"] == pytest.approx(0.4)
+    assert shares["TRL's fused LM head + loss"] == pytest.approx(0.3)
+    assert shares[profile_step.REST] == pytest.approx(0.3)
+
+
 def test_padding_share_counts_pad_tokens_per_batch(tiny):
     _, tok = tiny
     from labkit.data import tokenize_with_labels
