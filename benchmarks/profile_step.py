@@ -111,14 +111,14 @@ def profile(dropout: float, rows: int) -> None:
             trainer.train()
     averages = callback.prof.key_averages()
     self_times = {e.key: e.self_cpu_time_total for e in averages}
-    total_s = sum(self_times.values()) / 1e6
+    total_us = sum(self_times.values())
     print(f"steps {first}-{last}, compute dtype {env.compute_dtype('cpu')}, LoRA dropout {dropout}, "
-          f"torch threads {torch.get_num_threads()}: {total_s:.2f} s of operator time")
+          f"torch threads {torch.get_num_threads()}: {total_us / 1e6:.2f} s of operator time")
     for kind, share in share_by_kind(self_times).items():
         print(f"  {kind:<44} {share:6.1%}")
     print("by part of the model (inclusive time, forward + backward):")
     total_times = {e.key: e.cpu_time_total for e in averages}
-    for part, share in share_by_part(total_times, total_s * 1e6).items():
+    for part, share in share_by_part(total_times, total_us).items():
         print(f"  {part:<78} {share:6.1%}")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
 

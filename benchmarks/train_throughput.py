@@ -82,19 +82,24 @@ def _run(model, tok, records, config_kwargs: dict, answer_only: bool) -> tuple[f
     return meter.tokens_per_sec, meter.tokens
 
 
+def _best_seconds(work, reps: int) -> float:
+    """Run `work()` once to warm up, then `reps` times → the fastest run's seconds."""
+    work()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
     """Best of `reps` n×n×n matmuls in this dtype → GFLOP/s (2·n³ FLOP each)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best_seconds(lambda: a @ b, reps) / 1e9
 
 
 def model_shape_gflops(config, tokens: int, dtype_name: str, reps: int = 5) -> float:
@@ -109,15 +114,12 @@ def model_shape_gflops(config, tokens: int, dtype_name: str, reps: int = 5) -> f
     shapes = [s for group in projection_shapes(config).values() for s in group]
     pairs = [(torch.randn(tokens, i, dtype=dtype), torch.randn(i, o, dtype=dtype)) for i, o in shapes]
     flops = sum(2 * tokens * i * o for i, o in shapes)
-    for x, w in pairs:
-        x @ w  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+
+    def layer():
         for x, w in pairs:
             x @ w
-        best = min(best, time.perf_counter() - t0)
-    return flops / best / 1e9
+
+    return flops / _best_seconds(layer, reps) / 1e9
 
 
 def train_flops_per_token(config, lora_params: int, answer_fraction: float, seq_len: float) -> float:
