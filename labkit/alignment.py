@@ -71,13 +71,12 @@ def concise_pairs(split: str = "train") -> list[dict[str, str]]:
     64 everyday questions shipped with labkit; every 4th one is held out ("test": 16, "train": 48,
     "all": 64). Prompts use the course template (labkit.data.PROMPT_TEMPLATE), as every record does.
     """
-    import json
 
-    from labkit.data import PROMPT_TEMPLATE
+    from labkit.data import PROMPT_TEMPLATE, read_jsonl
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}.")
-    rows = [json.loads(line) for line in CONCISE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(CONCISE_PATH)]
     keep = {"train": lambda i: i % 4 != 3, "test": lambda i: i % 4 == 3, "all": lambda i: True}[split]
     return [to_preference_record(PROMPT_TEMPLATE.format(instruction=r["question"]), r["answer"], ramble(r["answer"], i))
             for i, r in enumerate(rows) if keep(i)]
