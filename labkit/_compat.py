@@ -162,6 +162,24 @@ def rewrap_after_eval(trainer) -> bool:
     return True
 
 
+def tensorboard_logs_to(trainer, log_dir) -> bool:
+    """Point the trainer's TensorBoard callback (report_to="tensorboard") at `log_dir` → True if one was found.
+
+    Without this, transformers' TensorBoardCallback picks its folder on its first log; labkit's
+    epoch-0 evaluation logs before training starts, when the callback has not yet read output_dir,
+    so the event files would land in ./runs of whatever the working directory is. `logging_dir` is a
+    plain attribute of TensorBoardCallback, read when its SummaryWriter is made (transformers
+    5.23-5.x); tests/test_tracking.py checks the event files land in the run's folder.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    found = False
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir, found = str(log_dir), True
+    return found
+
+
 def checkpointing_key() -> str:
     """The TrainingArguments name of gradient checkpointing.
 

@@ -43,6 +43,7 @@ from labkit._compat import (
     no_repacking,
     packed_nf4_layers,
     rewrap_after_eval,
+    tensorboard_logs_to,
     trl_fused_head_labelled_only,
     unpack_nf4_for_training,
 )
@@ -478,6 +479,7 @@ class TrainingRun:
         meter = ThroughputMeter()
         fp16 = bool(getattr(config, "fp16", False))
         trainer = make_trainer([GradientCheck(allow_nonfinite=fp16), meter, *self.callbacks])
+        tensorboard_logs_to(trainer, self.out / "runs")  # report_to="tensorboard": event files in the run's folder
         if fp16:
             # TRL casts QLoRA adapters to bf16 (its QLoRA recipe, for bf16 GPUs). fp16 mixed precision on a
             # T4 has no bf16: keep the trainable weights fp32 there (tests/test_drift.py watches the cast).
