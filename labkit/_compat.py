@@ -1,7 +1,9 @@
 """Every private or version-specific third-party access in labkit, in one place.
 
 Rule: no other labkit module touches a private name (`_x`) or a version-dependent spelling of
-transformers / TRL / bitsandbytes / jupyter. Each function here says which versions it is tested
+torch / transformers / TRL / PEFT / bitsandbytes / accelerate / datasets / jupyter
+(tests/test_layers.py checks the private names with the AST). This module imports nothing from
+labkit: it is the lowest layer. Each function here says which versions it is tested
 on and what happens when the library moves; tests/test_drift.py calls each one and checks its
 *effect*, so an upgrade that breaks one fails loudly there instead of silently in a lesson.
 """
@@ -14,6 +16,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+# ------------------------------------------------------------------------------------------------
+# torch: the CPU's native bf16 probes (tested on torch 2.11-2.13).
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX tiles (labkit.env.cpu_bf16 decides the CPU dtype on it).
+
+    torch exposes the answer only as the private `torch.cpu._is_avx512_bf16_supported` and
+    `torch.cpu._is_amx_tile_supported` (cpuinfo's view, which includes the OS enabling the state).
+    If torch renames them, this answers False: such a CPU computes in fp32 (correct, ~2x slower), and
+    tests/test_drift.py fails, since it compares the answer with the CPU's flags in /proc/cpuinfo.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
 
 # ------------------------------------------------------------------------------------------------
 # bitsandbytes: the CPU repacking trap (tested on bitsandbytes 0.50.x).
@@ -50,6 +68,22 @@ def linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     if bnb is None:
         return []
     return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def quantized_linear_classes() -> tuple[type, ...]:
+    """bitsandbytes' 4-bit and 8-bit linear layer classes, () when bitsandbytes is not installed.
+
+    For isinstance checks (a class-name comparison would also match a look-alike and miss a
+    subclass); here because bitsandbytes is optional at import time on some platforms.
+    """
+    bnb = _bitsandbytes()
+    return () if bnb is None else (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+
+
+def is_params4bit(param: torch.Tensor) -> bool:
+    """Is this parameter a bitsandbytes packed 4-bit weight (two 4-bit numbers per storage byte)?"""
+    bnb = _bitsandbytes()
+    return bnb is not None and isinstance(param, bnb.nn.Params4bit)
 
 
 def _is_packed(module: torch.nn.Module) -> bool:

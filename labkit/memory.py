@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
-from labkit.shapes import COURSE_MODEL_SHAPE, PRESETS  # noqa: F401 - re-exported: lessons read them here
+from labkit.shapes import (  # noqa: F401 - re-exported: lessons read them here
+    COURSE_MODEL_SHAPE,
+    DEFAULT_TARGETS,
+    PRESETS,
+    estimate_lora_params,
+    num_layers,
+    projection_shapes,
+)
 from labkit.tables import format_table
 
 GB = 1e9
