@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported where it is used, so `import labkit` (which runs one function of this module,
+# see labkit/__init__.py) stays cheap.
+if TYPE_CHECKING:
+    import torch
 
 # ------------------------------------------------------------------------------------------------
 # torch: the CPU's native bf16 probes (tested on torch 2.11-2.13).
@@ -29,6 +34,8 @@ def cpu_has_native_bf16() -> bool:
     If torch renames them, this answers False: such a CPU computes in fp32 (correct, ~2x slower), and
     tests/test_drift.py fails, since it compares the answer with the CPU's flags in /proc/cpuinfo.
     """
+    import torch
+
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
@@ -49,10 +56,34 @@ def cpu_has_native_bf16() -> bool:
 BITSANDBYTES_REQUIREMENT = "bitsandbytes>=0.50,<0.51"
 
 
+class _DropKernelFetchWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+_KERNEL_FETCH_LOGGER = "bitsandbytes.backends.cpu.ops"
+_KERNEL_FETCH_FILTER = _DropKernelFetchWarning()
+
+
+def quiet_bitsandbytes_kernel_fetch() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning.
+
+    bitsandbytes 0.50 (tested on 0.50.x) tries at import to fetch an optional CPU kernel from the
+    Hub's kernels-community and logs a warning on `bitsandbytes.backends.cpu.ops` when it cannot
+    (always, offline); it then uses its built-in kernel, so the line only confuses learners. Must
+    run before bitsandbytes is imported; idempotent. If bitsandbytes renames the logger the line
+    shows again (harmless) and tests/test_drift.py fails.
+    """
+    logger = logging.getLogger(_KERNEL_FETCH_LOGGER)
+    if _KERNEL_FETCH_FILTER not in logger.filters:
+        logger.addFilter(_KERNEL_FETCH_FILTER)
+
+
 def _bitsandbytes():
     """The bitsandbytes module, None when it is not installed; a broken install raises."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return None
+    quiet_bitsandbytes_kernel_fetch()
     try:
         import bitsandbytes
     except Exception as exc:  # noqa: BLE001 - installed but broken: say so, never guess
@@ -217,6 +248,8 @@ def additive_attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.
     two. Used by the probe to score all options of a question in one packed sequence. Tested on
     transformers 5.23-5.x; tests/test_probe.py checks packed == one-option-at-a-time scores.
     """
+    import torch
+
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 

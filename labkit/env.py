@@ -206,6 +206,23 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return bool(answer and answer[0])
 
 
+def library_defaults() -> None:
+    """Quiet, offline-friendly defaults for the libraries under labkit; a value the learner set wins.
+
+    - TOKENIZERS_PARALLELISM=false: a tokenizer used before a DataLoader forks its workers
+      otherwise prints a warning per worker (and may deadlock); labkit tokenizes in one process.
+    - HF_HUB_DISABLE_TELEMETRY=1: no usage pings from a course run.
+    - bitsandbytes' failed kernel download line is dropped (`_compat.quiet_bitsandbytes_kernel_fetch`).
+
+    Called by `load_model`, `load_tokenizer` and the doctor before they import those libraries, and
+    idempotent. Not run at `import labkit`: importing a package must not change the environment
+    that a learner's script (and every program it starts) sees.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _compat.quiet_bitsandbytes_kernel_fetch()
+
+
 def set_seed(seed: int = 0) -> None:
     """Seed python, numpy, torch and transformers so a notebook run twice asserts the same."""
     from transformers import set_seed as hf_set_seed

@@ -1,5 +1,6 @@
 """labkit.env: dtype and profile choices on mocked hardware, seeding, the doctor."""
 
+import os
 import random
 import socket
 
@@ -219,3 +220,28 @@ def test_resolver_failure_means_offline(monkeypatch):
 
     monkeypatch.setattr(env.socket, "getaddrinfo", no_dns)
     assert env._hub_reachable(timeout=1.0) is False
+
+
+def test_importing_labkit_sets_no_environment_variable():
+    """`import labkit` sets nothing a child process sees (only library_defaults() does) and is cheap;
+    its one effect, the bitsandbytes log filter, is in place before `labkit.train` imports bitsandbytes."""
+    import subprocess
+    import sys
+
+    code = ("import logging, os, sys\n"
+            "import labkit\n"
+            "assert 'torch' not in sys.modules, 'import labkit must stay cheap'\n"
+            "import torch, transformers, trl, peft  # what they set themselves is not labkit's doing\n"
+            "before = dict(os.environ)\n"
+            "import labkit.env, labkit.models, labkit.config, labkit.data, labkit.lora, labkit.train\n"
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+            "assert 'TOKENIZERS_PARALLELISM' not in os.environ and 'HF_HUB_DISABLE_TELEMETRY' not in os.environ\n"
+            "os.environ['HF_HUB_DISABLE_TELEMETRY'] = '0'\n"
+            "labkit.env.library_defaults(); labkit.env.library_defaults()\n"
+            "assert os.environ['TOKENIZERS_PARALLELISM'] == 'false'\n"
+            "assert os.environ['HF_HUB_DISABLE_TELEMETRY'] == '0', 'the learner\\'s own value wins'\n"
+            "assert len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters) == 1\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_TELEMETRY")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=clean)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels-community" not in done.stderr
