@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -48,7 +47,7 @@ from labkit._compat import (
     unpack_nf4_for_training,
 )
 from labkit.data import validate_records
-from labkit.memory import peak_rss_mb, reset_peak_rss
+from labkit.memory import PeakMeter
 
 __all__ = [
     "History", "train_sft", "sft_config_kwargs", "device_training_kwargs", "find_overfitting_epoch",
@@ -69,6 +68,7 @@ class RunStats:
 
     tokens_per_sec: float = 0.0  # non-padding tokens per second of training steps
     peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
+    peak_memory_whole_process: bool = False  # the peak could not be reset: it covers the whole process
     wall_seconds: float = 0.0
     steps: int = 0
     output_dir: str = ""
@@ -76,8 +76,9 @@ class RunStats:
 
     def stats_line(self) -> str:
         """The run's cost in one line: steps, minutes, throughput, peak memory."""
+        scope = " (since the process started: could not be reset here)" if self.peak_memory_whole_process else ""
         return (f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
-                f"peak {self.peak_memory_mb:.0f} MB")
+                f"peak {self.peak_memory_mb:.0f} MB{scope}")
 
 
 @dataclass
@@ -489,7 +490,7 @@ class TrainingRun:
 
             trainer.remove_callback(PrinterCallback)  # progress=False means quiet
         start = time.perf_counter()
-        _reset_peak_memory()
+        peak = PeakMeter()
         has_val = trainer.eval_dataset is not None
         val0 = _pre_training_val_loss(trainer, self.out, self.checkpoint) if has_val and measure_val0 else None
         rewrap_after_eval(trainer)  # multi-process: evaluate() above must not stop DDP wrapping
@@ -499,7 +500,9 @@ class TrainingRun:
         except torch.OutOfMemoryError as exc:
             raise RuntimeError(_oom_message(exc, self.batch_size, self.max_length)) from exc
         h = history(trainer.state.log_history, val0)
-        h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, _peak_memory_mb()
+        memory = peak.read()
+        h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, memory.mb
+        h.peak_memory_whole_process = not memory.since_start
         h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
         h.output_dir, h.model = str(self.out), trainer.model
         h.model.eval()
@@ -516,21 +519,6 @@ class TrainingRun:
         live.update(history([]))
         trainer.add_callback(_LivePlotCallback(live, history))
         return live
-
-
-def _reset_peak_memory() -> None:
-    """Start the run's peak-memory window (CUDA's allocator, else the process's peak RSS)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    elif not reset_peak_rss() and sys.platform.startswith("linux"):
-        warnings.warn("The kernel refused to reset this process's peak-memory mark (/proc/self/clear_refs), so "
-                      "peak_memory_mb is the peak since the process started: it may include an earlier, larger "
-                      "run. Restart the kernel to measure this run alone.", stacklevel=3)
-
-
-def _peak_memory_mb() -> float:
-    """CUDA: peak allocated; elsewhere: the process's peak resident set."""
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
 
 
 def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float:
