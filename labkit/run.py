@@ -310,7 +310,7 @@ def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bo
     from labkit.train import train_sft
 
     t = cfg.training
-    overrides: dict[str, Any] = {"ddp_timeout": t.timeout_s}
+    overrides: dict[str, Any] = {"ddp_timeout": t.timeout_s, "report_to": cfg.reporters or "none"}
     if not t.group_by_length:
         overrides["train_sampling_strategy"] = "random"
     if t.gradient_checkpointing is not None:
