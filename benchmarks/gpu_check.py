@@ -81,7 +81,7 @@ def count_by_mode(xml: Path) -> dict[str, dict[str, int]]:
 
 def run_notebooks(mode: str, paths: list[Path], deadline: float) -> list[dict]:
     """Execute each notebook with LABKIT_GPU=mode until the deadline; one row per notebook."""
-    from labkit.course import run_notebook
+    from labkit_dev.course import run_notebook
 
     os.environ["LABKIT_GPU"] = mode  # the kernel inherits it
     rows = []
