@@ -6,8 +6,8 @@ outputs and figures included); the course report (build/course-report.md); every
 stripped form; the site is where a reader sees everything without running anything.
 
 Tool: nbconvert's HTMLExporter with its JupyterLab template, plus the small index page written here.
-Why: nbconvert is maintained by the Jupyter project, is already a dependency of the course tooling
-(the course runner uses it), renders the stored outputs without re-executing anything, and needs no network to build.
+Why: nbconvert is maintained by the Jupyter project, is already in the `[lab]` extra (the course
+runner uses it), renders the stored outputs without re-executing anything, and needs no network.
 Two template changes: every PNG gets `alt` text, from its output metadata where the code gave one
 (so the loss curve is named for screen readers and for the site test; nbconvert would otherwise log
 a warning per notebook into the course's terminal), and no require.js from a CDN (nothing needs it).
