@@ -22,6 +22,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # labkit_dev (the course runner) is tooling of this checkout, not installed
+    sys.path.insert(0, str(ROOT))
 OUT = ROOT / "build" / "gpu-check"
 MODES = ("native", "t4")
 
