@@ -45,30 +45,30 @@ bundle: setup
 	$(PY) tools/bundle.py --python $(PY_TARGET) --platform $(PLATFORM) --without "$(WITHOUT)"
 
 course: setup
-	$(PY) -m labkit.cli course
+	$(PY) -m labkit_dev.course
 
 # The executed course (`make course` first) as static HTML in build/site, then every page opened in
 # Chromium (offline) and a screenshot of the index in build/site-screenshot.png.
 site: setup
-	$(PY) -m labkit.site
+	$(PY) -m labkit_dev.site
 	LABKIT_REQUIRE_SITE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py::test_the_course_site_in_the_browser
 
 lab: setup
 	$(VENV)/bin/jupyter lab lessons
 
 lint: setup
-	$(PY) -m ruff check labkit tests benchmarks lessons solutions tools
+	$(PY) -m ruff check labkit labkit_dev tests benchmarks lessons solutions tools
 
 notebooks: setup
-	$(PY) -m labkit.notebooks fix
-	$(PY) -m labkit.exercises build
+	$(PY) -m labkit_dev.notebooks fix
+	$(PY) -m labkit_dev.exercises build
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not browser" tests
 
 test: setup lint
-	$(PY) -m labkit.notebooks check
-	$(PY) -m labkit.exercises check
+	$(PY) -m labkit_dev.notebooks check
+	$(PY) -m labkit_dev.exercises check
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(NBVAL) tests lessons solutions
 
 # The lessons again in fp32, the path of every CPU without native bf16 (most laptops, Apple silicon's

@@ -22,6 +22,8 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # labkit_dev (the course runner) is tooling of this checkout, not installed
+    sys.path.insert(0, str(ROOT))
 OUT = ROOT / "build" / "gpu-check"
 MODES = ("native", "t4")
 
@@ -81,7 +83,7 @@ def count_by_mode(xml: Path) -> dict[str, dict[str, int]]:
 
 def run_notebooks(mode: str, paths: list[Path], deadline: float) -> list[dict]:
     """Execute each notebook with LABKIT_GPU=mode until the deadline; one row per notebook."""
-    from labkit.course import run_notebook
+    from labkit_dev.course import run_notebook
 
     os.environ["LABKIT_GPU"] = mode  # the kernel inherits it
     rows = []

@@ -1,6 +1,7 @@
-"""The `labkit` command: doctor, cache, course, and train / eval / chat / merge from a run config.
+"""The `labkit` command: doctor, cache, and train / eval / chat / merge from a run config.
 
 The run logic lives in labkit.run (and labkit.config, labkit.report); this file only parses arguments.
+Running the whole course headless is course tooling, in a checkout: `python -m labkit_dev.course`.
 `labkit train` runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch`.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 _TRAIN_EXAMPLES = """examples:
   labkit train examples/invoices.yaml --dry-run     check the config and data, show sizes; train nothing
@@ -34,18 +34,33 @@ _MERGE_EXAMPLES = """examples:
 """
 
 
+def examples_home() -> str:
+    """Where the examples/ folder of run configs lives for an installed labkit (which does not ship it):
+    the course repository, from the wheel's metadata (pyproject's [project.urls] Repository)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("labkit").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    repo = next((u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository,")), "")
+    return f"the course repository, {repo}" if repo else "the course repository"
+
+
+def _where_examples_are() -> str:
+    return (f"examples/ (run configs to start from) is a folder of {examples_home()}: "
+            "clone it and run these from its root.\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="The fine-tuning course's lab kit.")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     sub.add_parser("doctor", help="preflight checks before a workshop (OK / WARN / FAIL per line)")
     sub.add_parser("cache", help="convert the embedded model to the fast cache now (before a workshop)")
-    course = sub.add_parser("course", help="run every lesson headless and print the course report")
-    course.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
-    course.add_argument("--root", type=Path, default=None,
-                        help="the course checkout (default: found upwards from the working directory)")
 
-    train = sub.add_parser("train", help="fine-tune from a YAML run config", epilog=_TRAIN_EXAMPLES, formatter_class=fmt,
+    train = sub.add_parser("train", help="fine-tune from a YAML run config", formatter_class=fmt,
+                           epilog=_where_examples_are() + _TRAIN_EXAMPLES,
                            description="Train LoRA/QLoRA from one YAML file; write the adapter, metrics.json, "
                                        "loss_curve.png and report.md to the output folder.")
     train.add_argument("config", help="the run config (YAML), e.g. examples/invoices.yaml")
@@ -54,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="output folder (overrides output.dir)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("eval", help="base vs tuned on the test records", epilog=_EVAL_EXAMPLES, formatter_class=fmt,
+    ev = sub.add_parser("eval", help="base vs tuned on the test records", formatter_class=fmt,
+                        epilog=_where_examples_are() + _EVAL_EXAMPLES,
                         description="Evaluate a trained adapter and its base model on the test records.")
     ev.add_argument("target", help="a run config (YAML) or an adapter folder written by labkit train")
     ev.add_argument("--config", help="take the test records from this config instead of the adapter's own")
@@ -87,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(ensure_cached())
         return 0
-    if args.command == "course":
-        return _course(args)
     from labkit.config import ConfigError
     from labkit.data import RecordError
 
@@ -98,22 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, FileNotFoundError) as exc:
         print(f"labkit {args.command}: {exc}", file=sys.stderr)
         return 2
-
-
-def _course(args) -> int:
-    try:  # nbclient / nbconvert / nbformat come with the [lab] extra, not with a plain install
-        from labkit.course import run_course
-        from labkit.notebooks import RepoRootNotFound
-    except ModuleNotFoundError as exc:
-        print(f"labkit course needs the notebook tools ({exc.name} is missing): "
-              "pip install 'labkit[lab]' (make setup installs them).", file=sys.stderr)
-        return 2
-    try:
-        runs = run_course(only=args.only, root=args.root)
-    except RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return 0 if all(r.ok for r in runs) else 1
 
 
 def _train(args) -> int:

@@ -440,7 +440,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}. Start from one in examples/ (e.g. examples/invoices.yaml).")
+        raise ConfigError(f"config file not found: {path}. Start from one in examples/ (e.g. examples/invoices.yaml), "
+                          "a folder of the course repository (`labkit train --help` says where).")
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text)

@@ -269,7 +269,8 @@ def course_dataset(name: str, split: str | None = None) -> list[dict] | dict[str
     present = [s for s in SPLITS if dataset_path(name, s).exists()]
     if not present:
         known = ", ".join(repr(n) for n in available_datasets()) or "none"
-        hint = (" The invoice files are written by `python -m labkit.invoices`; run it (or reinstall labkit)."
+        hint = ((" labkit ships them: reinstall it (pip install --force-reinstall labkit). In a checkout of "
+                 "the course they are written by `python -m labkit_dev.invoices`.")
                 if name == "invoices" else "")
         raise FileNotFoundError(f"No course data set {name!r}: no {dataset_path(name, 'train').name} in "
                                 f"{DATASETS_DIR}. Available: {known}.{hint}")

@@ -8,17 +8,15 @@ printed in the invoice, so the model learns *extraction and normalisation* (€ 
 
 Records are short on purpose: on a CPU, tokens are the cost of training.
 The shipped files labkit/datasets/invoices_{train,val,test}.jsonl are generated at build time, in a
-checkout, by `python -m labkit.invoices [--root PATH]`; a test regenerates them in memory and
-compares, so they cannot drift from this code. Nothing writes into the installed package at run
+checkout, by `python -m labkit_dev.invoices [--root PATH]` (course tooling, not in the wheel); a
+test regenerates them in memory and compares, so they cannot drift from this code. Nothing writes into the installed package at run
 time: lessons read the shipped files (`labkit.data`), or call `make_records()` in memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 from labkit.data import to_record
@@ -152,26 +150,3 @@ def write_datasets(folder: Path, seed: int = SEED) -> dict[str, Path]:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         paths[split] = path
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build step: regenerate the shipped files in a checkout's labkit/datasets/."""
-    from labkit.notebooks import RepoRootNotFound, find_root
-
-    p = argparse.ArgumentParser(prog="python -m labkit.invoices", description=main.__doc__)
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
-    args = p.parse_args(argv)
-    try:
-        folder = find_root(args.root) / "labkit" / "datasets"
-    except RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    for split, path in write_datasets(folder).items():
-        n = sum(1 for _ in path.open(encoding="utf-8"))
-        print(f"{split}: {n} records -> {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

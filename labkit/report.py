@@ -1,4 +1,5 @@
-"""The run report a learner reads after `labkit train`: report.md, metrics.json, loss_curve.png.
+"""Reports: the run report a learner reads after `labkit train` (report.md, metrics.json,
+loss_curve.png), and a lesson's one-line `headline` that the course report collects.
 
 Plain files on purpose: a Markdown report opens anywhere (GitHub, an editor, a notebook), the JSON is
 for scripts and comparisons between runs, the PNG is the picture lesson 05 draws live.
@@ -12,7 +13,14 @@ from typing import Any
 
 from labkit.config import RunConfig, config_to_dict
 
-__all__ = ["write_run_report", "save_loss_curve", "report_markdown"]
+__all__ = ["write_run_report", "save_loss_curve", "report_markdown", "headline"]
+
+HEADLINE_PREFIX = "HEADLINE: "
+
+
+def headline(text: str) -> None:
+    """Print a lesson's one-line proven result; the course runner (`make course`) puts it in its report."""
+    print(f"{HEADLINE_PREFIX}{text}")
 
 
 def save_loss_curve(history, path: Path) -> Path:

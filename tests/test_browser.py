@@ -27,7 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.notebooks import INLINE_BACKEND
+from labkit_dev.notebooks import INLINE_BACKEND
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = ROOT / "lessons" / "01_decide.ipynb"

@@ -22,36 +22,6 @@ def test_unknown_command_is_an_error():
         cli.main(["fly"])
 
 
-def test_course_report_table(tmp_path):
-    from labkit.course import NotebookRun, report_markdown
-
-    text = report_markdown([NotebookRun("00_setup", 12.0, True, 900.0, "ok"),
-                            NotebookRun("05_qlora", 200.0, False, 2000.0, "", "AssertionError")])
-    assert "| 00_setup | 0:12 | 4% | 900 | pass | ok |" in text
-    assert "FAIL: AssertionError" in text and "1/2 notebooks passed" in text
-
-
-@pytest.mark.slow
-def test_course_runs_a_notebook_and_collects_its_headline(tmp_path):
-    import nbformat
-
-    from labkit.course import run_course
-
-    lessons = tmp_path / "lessons"
-    lessons.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from labkit.course import headline\nheadline('it works')")]
-    nbformat.write(nb, str(lessons / "01_x.ipynb"))
-    bad = nbformat.v4.new_notebook()
-    bad.cells = [nbformat.v4.new_code_cell("assert 1 == 2, 'claim broken'")]
-    nbformat.write(bad, str(lessons / "02_y.ipynb"))
-    runs = run_course(lessons, tmp_path / "build" / "course")
-    assert [r.ok for r in runs] == [True, False]
-    assert runs[0].headline == "it works" and "claim broken" in runs[1].error
-    assert (tmp_path / "build" / "course-report.md").exists()
-    assert (tmp_path / "build" / "course" / "01_x.html").exists()
-
-
 # ------------------------------------------------------------------------------------------------
 # train / eval / chat / merge
 
@@ -63,6 +33,22 @@ def test_run_commands_have_help_with_examples(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and f"labkit {command} " in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_says_where_examples_live_when_labkit_is_installed(command, capsys, monkeypatch):
+    import importlib.metadata
+
+    class Meta:  # an installed wheel's metadata: pyproject's [project.urls]
+        def get_all(self, key):
+            return ["Repository, https://github.com/someone/course"] if key == "Project-URL" else None
+
+    monkeypatch.setattr(importlib.metadata, "metadata", lambda name: Meta())
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "examples/ (run configs to start from) is a folder of the course repository, " \
+           "https://github.com/someone/course: clone it" in out
 
 
 def test_train_with_a_bad_config_says_what_and_where(tmp_path, capsys):
@@ -163,15 +149,6 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
     again = json.loads((out / "metrics.json").read_text())["training"]
     assert again["val_loss"] == metrics["training"]["val_loss"] and again["steps"] == 2
-
-
-def test_course_without_the_lab_extra_says_what_to_install(monkeypatch, capsys):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "labkit.notebooks", None)  # as if nbformat were missing
-    monkeypatch.delitem(sys.modules, "labkit.course", raising=False)
-    assert cli.main(["course"]) == 2
-    assert "pip install 'labkit[lab]'" in capsys.readouterr().err
 
 
 def test_report_table_shows_only_the_configured_metrics():

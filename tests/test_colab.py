@@ -12,8 +12,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from labkit import colab
-from labkit import notebooks as nbs
 from labkit.models import EMBEDDED_WHEEL
+from labkit_dev import notebooks as nbs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -146,6 +146,8 @@ def test_stamp_repo_rewrites_pyproject_and_every_badge(tmp_path):
     new = nbs.set_project_settings("https://github.com/someone/course-fork.git/", "workshop", tmp_path)
     assert (new["repo"], new["branch"]) == ("https://github.com/someone/course-fork", "workshop")
     assert nbs.project_settings(tmp_path)["repo"] == new["repo"]
+    # ... and the copy in [project.urls] that the wheel's metadata carries (labkit's help cites it)
+    assert 'Repository = "https://github.com/someone/course-fork"' in (tmp_path / "pyproject.toml").read_text()
     badge = nbs.badge_markdown("lessons/00_setup.ipynb", new)
     assert "github/someone/course-fork/blob/workshop/lessons/00_setup.ipynb" in badge
     assert "git+https://github.com/someone/course-fork@workshop" in nbs.setup_source(new)

@@ -1,4 +1,5 @@
-"""`labkit course`: executed copies hold real images, one per live loss plot, and a quiet terminal."""
+"""The course runner (`python -m labkit_dev.course`, `make course`): executed copies hold real images,
+one per live loss plot, and a quiet terminal."""
 
 import base64
 import hashlib
@@ -8,9 +9,9 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
-from labkit.course import BUDGET_SECONDS, NotebookRun, report_markdown, run_notebook
 from labkit.plots import LiveLossPlot
 from labkit.train import History
+from labkit_dev.course import BUDGET_SECONDS, NotebookRun, report_markdown, run_course, run_notebook
 
 
 def _notebook(tmp_path, *sources: str):
@@ -105,10 +106,34 @@ def test_training_in_a_notebook_shows_one_loss_curve_image(tmp_path):
 
 
 def test_a_silent_runner_failure_says_where_it_happened():
-    from labkit.course import _runner_error
+    from labkit_dev.course import _runner_error
 
     try:
         raise AssertionError()  # an exception with an empty message, like nbclient's
     except AssertionError as exc:
         text = _runner_error(exc)
     assert text.startswith("AssertionError: (no message) at test_course.py:"), text
+
+
+def test_course_report_table(tmp_path):
+    text = report_markdown([NotebookRun("00_setup", 12.0, True, 900.0, "ok"),
+                            NotebookRun("05_qlora", 200.0, False, 2000.0, "", "AssertionError")])
+    assert "| 00_setup | 0:12 | 4% | 900 | pass | ok |" in text
+    assert "FAIL: AssertionError" in text and "1/2 notebooks passed" in text
+
+
+@pytest.mark.slow
+def test_course_runs_a_notebook_and_collects_its_headline(tmp_path):
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from labkit.report import headline\nheadline('it works')")]
+    nbformat.write(nb, str(lessons / "01_x.ipynb"))
+    bad = nbformat.v4.new_notebook()
+    bad.cells = [nbformat.v4.new_code_cell("assert 1 == 2, 'claim broken'")]
+    nbformat.write(bad, str(lessons / "02_y.ipynb"))
+    runs = run_course(lessons, tmp_path / "build" / "course")
+    assert [r.ok for r in runs] == [True, False]
+    assert runs[0].headline == "it works" and "claim broken" in runs[1].error
+    assert (tmp_path / "build" / "course-report.md").exists()
+    assert (tmp_path / "build" / "course" / "01_x.html").exists()

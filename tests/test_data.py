@@ -204,7 +204,7 @@ def test_course_dataset_invoices_present_or_clear_error():
         assert set(all_splits) >= {"train", "test"} and all_splits["train"] == course_dataset("invoices", "train")
         assert all("prompt" in r and "completion" in r for r in all_splits["train"])
     else:
-        with pytest.raises(FileNotFoundError, match="python -m labkit.invoices"):
+        with pytest.raises(FileNotFoundError, match="python -m labkit_dev.invoices"):
             course_dataset("invoices")
 
 

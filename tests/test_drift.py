@@ -172,7 +172,7 @@ def test_kernel_pid_finds_the_running_kernel(tmp_path):
     """The course report's peak memory reads the kernel process through _compat.kernel_pid."""
     import nbformat
 
-    from labkit.course import run_notebook
+    from labkit_dev.course import run_notebook
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = bytearray(50 * 2**20)")])
     path = tmp_path / "mem.ipynb"

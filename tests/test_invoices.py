@@ -19,7 +19,7 @@ def generated():
 def test_shipped_files_match_generator(generated):
     for split, records in generated.items():
         shipped = load_records(invoices.DATASET_DIR / f"invoices_{split}.jsonl")
-        assert shipped == records, f"invoices_{split}.jsonl drifted: run `python -m labkit.invoices`"
+        assert shipped == records, f"invoices_{split}.jsonl drifted: run `python -m labkit_dev.invoices`"
 
 
 def test_split_sizes_and_hard_cases(generated):

@@ -6,9 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import cli, invoices, site
-from labkit import notebooks as nbs
-from labkit.exercises import build as exb
+from labkit_dev import course, invoices, site
+from labkit_dev import exercises as exb
+from labkit_dev import notebooks as nbs
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = nbs.notebooks(ROOT)
@@ -80,7 +80,7 @@ def test_policy_catches_a_checked_cell_that_nbval_would_call_unrun(tmp_path):
 
 
 def test_exercises_are_in_sync_with_solutions():
-    assert exb.build(ROOT, check_only=True) == [], "run: python -m labkit.exercises build"
+    assert exb.build(ROOT, check_only=True) == [], "run: python -m labkit_dev.exercises build"
 
 
 def test_blanking_keeps_indentation_and_hint():
@@ -143,7 +143,7 @@ def test_outside_a_checkout_the_tools_say_so(tmp_path, monkeypatch, capsys):
     assert nbs.main(["check"]) == 2
     assert exb.main(["check"]) == 2
     assert invoices.main([]) == 2  # and it writes nothing into the installed package either
-    assert cli.main(["course"]) == 2 and site.main([]) == 2
+    assert course.main([]) == 2 and site.main([]) == 2
     assert "No labkit course checkout" in capsys.readouterr().err
     # ...and --root points them at the checkout from anywhere.
     assert exb.main(["check", "--root", str(ROOT)]) == 0

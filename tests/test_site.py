@@ -2,7 +2,7 @@
 
 - the builder on hand-made executed notebooks (fast): pages, index, report, exercise links, alt text,
   error outputs flagged;
-- a small course executed by `labkit course` and built into a site, opened page by page in Chromium
+- a small course executed by `python -m labkit_dev.course` and built into a site, opened page by page in Chromium
   with the network cut off: every page loads, the lesson that trains shows its loss-curve image,
   no page shows an error;
 - the real site of `make course` (build/course), the same checks plus a screenshot of the index
@@ -21,7 +21,7 @@ import nbformat
 import pytest
 
 from labkit.plots import LiveLossPlot
-from labkit.site import SiteError, build_site
+from labkit_dev.site import SiteError, build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "build" / "site-screenshot.png"
@@ -139,7 +139,7 @@ def check_site_in_browser(index: Path, course_dir: Path, screenshot: Path | None
 _PLOT_LESSON = [
     "# A plotting lesson\nNo training.",
     "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([3, 1, 2])",
-    "from labkit.course import headline\nheadline('plotted')",
+    "from labkit.report import headline\nheadline('plotted')",
 ]
 _TRAIN_LESSON = [
     "# A training lesson\nA tiny model, a few steps.",
@@ -147,7 +147,7 @@ _TRAIN_LESSON = [
     "model, tok = tiny_model(seed=0)\nrecs = [to_record('Add one.', f'{i + 1}', input=str(i)) for i in range(12)]\n"
     "h = train_sft(model, tok, recs[:8], recs[8:], epochs=2, batch_size=4, progress=False, output_dir='run',\n"
     "              logging_steps=1)",
-    "from labkit.course import headline\nheadline(f'val loss {h.val_loss[0]:.2f} -> {h.val_loss[-1]:.2f}')",
+    "from labkit.report import headline\nheadline(f'val loss {h.val_loss[0]:.2f} -> {h.val_loss[-1]:.2f}')",
 ]
 
 
@@ -160,7 +160,7 @@ def _lesson(path: Path, cells: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_a_small_executed_course_as_a_site_in_the_browser(tmp_path):
-    from labkit.course import run_course
+    from labkit_dev.course import run_course
 
     root = _checkout(tmp_path)
     _lesson(root / "lessons" / "01_plot.ipynb", _PLOT_LESSON)

@@ -1,8 +1,9 @@
-"""Exercises: `check_*` functions that give a learner friendly feedback, and the generator.
+"""Exercises: the `check_*` functions that give a learner friendly feedback.
 
 Each check prints what passed or, for the first case that fails, the input, what was expected
 and what the learner's code gave; it returns True/False so a notebook cell can assert on it.
-`python -m labkit.exercises build` regenerates `exercises/` from `solutions/` (see build.py).
+The exercise notebooks themselves are generated from `solutions/` by course tooling in a checkout
+(`python -m labkit_dev.exercises build`); only these checks ship with labkit.
 """
 
 # Each topic's checks live in their own module; import them here so notebooks can write

@@ -1,6 +1,6 @@
 """Notebook hygiene: the committed form of every course notebook, and the tools that keep it.
 
-Policy (CI enforces it with `python -m labkit.notebooks check`):
+Policy (CI enforces it with `python -m labkit_dev.notebooks check`):
 - the first cell is markdown and starts with the Open-in-Colab badge for that notebook;
 - the second cell is the setup cell (tagged `labkit-setup`): it installs labkit on Colab and does
   nothing anywhere else;
@@ -11,7 +11,7 @@ Policy (CI enforces it with `python -m labkit.notebooks check`):
 
 `stamp` writes badges and setup cells from `[tool.labkit]` in pyproject.toml (the one place the
 repository URL lives; `stamp --repo URL --branch B` first points it at a fork); `refresh` executes a notebook and keeps only the checked outputs; `clean`
-strips everything else. Run `python -m labkit.notebooks fix` to apply all of it.
+strips everything else. Run `python -m labkit_dev.notebooks fix` to apply all of it.
 
 These are tools for a checkout of the course repository, not for an installed labkit: they take the
 repository root explicitly (`--root`, default: found by walking up from the working directory to
@@ -95,11 +95,14 @@ def set_project_settings(repo: str, branch: str, root: Path) -> dict:
         raise SystemExit(f"--branch {branch!r} is not a branch or tag name")
     path = root / "pyproject.toml"
     text = path.read_text()
-    head, sep, tail = text.partition("[tool.labkit]")
+    table = re.search(r"(?m)^\[tool\.labkit\][ \t]*$", text)  # the table's header line, not a mention of it
+    head, sep, tail = (text[:table.start()], table.group(), text[table.end():]) if table else (text, "", "")
     if not sep:
         raise SystemExit(f"{path} has no [tool.labkit] table to write the repository into")
     tail = re.sub(r'(?m)^repo = ".*"$', f'repo = "{repo}"', tail, count=1)
     tail = re.sub(r'(?m)^branch = ".*"$', f'branch = "{branch}"', tail, count=1)
+    # [project.urls] Repository: the copy in the wheel's metadata (an installed labkit's help cites it)
+    head = re.sub(r'(?m)^Repository = ".*"$', f'Repository = "{repo}"', head, count=1)
     path.write_text(head + sep + tail)
     settings = project_settings(root)
     if (settings["repo"], settings["branch"]) != (repo, branch):
@@ -271,7 +274,7 @@ def problems(path: Path, root: Path | None = None) -> list[str]:
                 out.append(f"{rel}: cell {i} has an execution count")
             if is_checked(cell) and not cell.outputs and not rel.startswith("exercises/"):  # nbval runs the rest
                 out.append(f"{rel}: checked cell {i} stores no output, so nbval compares it with nothing and "
-                           f"fails: python -m labkit.notebooks refresh {rel}")
+                           f"fails: python -m labkit_dev.notebooks refresh {rel}")
             if cell.outputs and not is_checked(cell):
                 out.append(f"{rel}: cell {i} stores outputs but is not marked {CHECK_MARKER}")
             if cell.outputs and is_checked(cell) and cell.execution_count != i:
@@ -288,7 +291,7 @@ def problems(path: Path, root: Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit.notebooks", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m labkit_dev.notebooks", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["check", "fix", "stamp", "clean", "refresh"])
     p.add_argument("paths", nargs="*", type=Path, help="notebooks (default: every course notebook)")
     p.add_argument("--root", type=Path, default=None,
@@ -314,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         for msg in found:
             print(msg)
         if found:
-            print(f"\n{len(found)} problem(s). Fix with: python -m labkit.notebooks fix "
-                  "(and regenerate exercises: python -m labkit.exercises build)")
+            print(f"\n{len(found)} problem(s). Fix with: python -m labkit_dev.notebooks fix "
+                  "(and regenerate exercises: python -m labkit_dev.exercises build)")
             return 1
         print(f"notebooks: {len(paths)} clean")
         return 0

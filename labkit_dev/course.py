@@ -1,14 +1,18 @@
 """Run the whole course headless: every lesson in order, with a report an instructor can read.
 
-Each lesson calls `headline("...")` once with the result it proves (for example
+    python -m labkit_dev.course [--only 00 05] [--root PATH]     (`make course`)
+
+Each lesson calls `labkit.report.headline("...")` once with the result it proves (for example
 "base EM 0/32 -> tuned EM 31/32"); the runner picks those lines out of the executed notebook.
-`headline` is the one piece lessons import (it works in an installed labkit); the runner itself is
-a tool for a checkout: it takes the repository root (`labkit course --root`, default found upwards
-from the working directory) and writes build/course/ and build/course-report.md there.
+`headline` is kit (lessons import it from an installed labkit); this runner is a tool for a
+checkout: it takes the repository root (`--root`, default found upwards from the working
+directory) and writes build/course/ and build/course-report.md there.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from labkit._compat import kernel_pid
 from labkit.memory import peak_rss_mb
+from labkit.report import HEADLINE_PREFIX
 
 # A JupyterLab page, plus: alt text from the output's metadata, a link back to the index, no CDN
 # require.js. Loaded from memory (jinja2 DictLoader), so nothing but this module has to be shipped.
@@ -37,22 +42,16 @@ NAV
 """
 _TEMPLATE_NAME = "labkit_site.html.j2"
 
-HEADLINE_PREFIX = "HEADLINE: "
 BUDGET_SECONDS = 300  # every lesson and solution must run in 5 min on the course's CPU profile
 
 
 def page_exporter(nav: bool = True):
-    """The HTMLExporter for the executed copies (`nav=False`) and every page of `make site` (labkit.site)."""
+    """The HTMLExporter for the executed copies (`nav=False`) and every page of `make site` (labkit_dev.site)."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     template = _PAGE_TEMPLATE.replace("NAV\n", _NAV_BLOCK if nav else "")
     return HTMLExporter(extra_loaders=[DictLoader({_TEMPLATE_NAME: template})], template_file=_TEMPLATE_NAME)
-
-
-def headline(text: str) -> None:
-    """Print the one-line result of a lesson; `make course` collects it into its report."""
-    print(f"{HEADLINE_PREFIX}{text}")
 
 
 @dataclass
@@ -66,7 +65,7 @@ class NotebookRun:
 
 
 def headline_of(nb) -> str:
-    """The `headline(...)` line an executed notebook printed ("" when it printed none)."""
+    """The `labkit.report.headline(...)` line an executed notebook printed ("" when it printed none)."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             text = out.get("text", "") if out.get("output_type") == "stream" else ""
@@ -97,7 +96,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> NotebookRun:
     import nbformat
     from nbclient.exceptions import CellExecutionError
 
-    from labkit.notebooks import execute_with, kernel_client
+    from labkit_dev.notebooks import execute_with, kernel_client
 
     nb = nbformat.read(str(path), as_version=4)
     client = kernel_client(nb, path.parent, timeout)
@@ -180,7 +179,7 @@ def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
     read from root/lessons and written to root/build/course unless given explicitly.
     """
     if lessons_dir is None or out_dir is None:
-        from labkit.notebooks import find_root
+        from labkit_dev.notebooks import find_root
 
         root = find_root(root)
         lessons_dir = lessons_dir or root / "lessons"
@@ -204,3 +203,23 @@ def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
     print(text)
     print(f"Executed notebooks and HTML copies: {out_dir}")
     return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m labkit_dev.course", description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the course checkout (default: found upwards from the working directory)")
+    args = p.parse_args(argv)
+    from labkit_dev.notebooks import RepoRootNotFound
+
+    try:
+        runs = run_course(only=args.only, root=args.root)
+    except RepoRootNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

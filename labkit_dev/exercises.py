@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from labkit import notebooks as nbs
+from labkit_dev import notebooks as nbs
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?::\s*(?P<hint>.*))?$")
 END = re.compile(r"^[ \t]*### END SOLUTION\s*$")
@@ -113,7 +113,7 @@ def build(root: Path | None = None, check_only: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit.exercises", description="exercises from solutions")
+    p = argparse.ArgumentParser(prog="python -m labkit_dev.exercises", description="exercises from solutions")
     p.add_argument("command", choices=["build", "check"])
     p.add_argument("--root", type=Path, default=None,
                    help="the course checkout (default: found upwards from the working directory)")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in msgs:
         print(m)
     if args.command == "check" and msgs:
-        print("Regenerate with: python -m labkit.exercises build")
+        print("Regenerate with: python -m labkit_dev.exercises build")
         return 1
     print(f"exercises: {'in sync' if not msgs else f'{len(msgs)} written'}")
     return 0

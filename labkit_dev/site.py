@@ -1,19 +1,19 @@
 """`make site`: a static HTML site of the executed course, built offline from `make course`'s notebooks.
 
-What it holds: an index page; every lesson that `labkit course` executed (build/course/*.ipynb,
+What it holds: an index page; every lesson that `python -m labkit_dev.course` executed (build/course/*.ipynb,
 outputs and figures included); the course report (build/course-report.md); every exercise as a page
 (blank, as a learner gets it, with its Open-in-Colab badge). The committed notebooks keep their
 stripped form; the site is where a reader sees everything without running anything.
 
 Tool: nbconvert's HTMLExporter with its JupyterLab template, plus the small index page written here.
-Why: nbconvert is maintained by the Jupyter project, is already a labkit dependency (`labkit course`
-uses it), renders the stored outputs without re-executing anything, and needs no network to build.
+Why: nbconvert is maintained by the Jupyter project, is already in the `[lab]` extra (the course
+runner uses it), renders the stored outputs without re-executing anything, and needs no network.
 Two template changes: every PNG gets `alt` text, from its output metadata where the code gave one
 (so the loss curve is named for screen readers and for the site test; nbconvert would otherwise log
 a warning per notebook into the course's terminal), and no require.js from a CDN (nothing needs it).
 Widgets render only where the page can reach their CDN; in JupyterLab they are interactive.
 
-This is a tool for a checkout: `python -m labkit.site [--root PATH]`.
+This is a tool for a checkout: `python -m labkit_dev.site [--root PATH]`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from labkit.course import headline_of, page_exporter
+from labkit_dev.course import headline_of, page_exporter
 
 _STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
   line-height: 1.5; color: #1b1b1b; }
@@ -116,7 +116,7 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
     """Write the site (default: root/build/site from root/build/course); returns the index path."""
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
-    from labkit.notebooks import find_root
+    from labkit_dev.notebooks import find_root
 
     root = find_root(root)
     course_dir = course_dir or root / "build" / "course"
@@ -124,7 +124,7 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
     executed = sorted(course_dir.glob("*.ipynb"))
     if not executed:
         raise SiteError(f"No executed lessons in {course_dir}: the site shows what `make course` ran. "
-                        "Run `make course` first (or `labkit course --only 00` for a quick one).")
+                        "Run `make course` first (or `python -m labkit_dev.course --only 00` for a quick one).")
     exporter = page_exporter()
     lessons = _render_notebooks(executed, out_dir / "lessons", exporter)
     exercises = _render_notebooks(sorted((root / "exercises").glob("*.ipynb")), out_dir / "exercises", exporter)
@@ -143,11 +143,11 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit.site", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m labkit_dev.site", description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=None,
                    help="the course checkout (default: found upwards from the working directory)")
     args = p.parse_args(argv)
-    from labkit.notebooks import RepoRootNotFound
+    from labkit_dev.notebooks import RepoRootNotFound
 
     try:
         index = build_site(args.root)

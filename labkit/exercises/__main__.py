@@ -1,5 +1,0 @@
-import sys
-
-from labkit.exercises.build import main
-
-sys.exit(main())
