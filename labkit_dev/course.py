@@ -11,7 +11,6 @@ directory) and writes build/course/ and build/course-report.md there.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -206,19 +205,12 @@ def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit_dev.course", description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
-    args = p.parse_args(argv)
-    from labkit_dev.notebooks import RepoRootNotFound
+    from labkit_dev.notebooks import run_tool, tool_parser
 
-    try:
-        runs = run_course(only=args.only, root=args.root)
-    except RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return 0 if all(r.ok for r in runs) else 1
+    p = tool_parser("python -m labkit_dev.course", __doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
+    args = p.parse_args(argv)
+    return run_tool(lambda: 0 if all(r.ok for r in run_course(only=args.only, root=args.root)) else 1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ and fails on any difference.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -113,19 +112,16 @@ def build(root: Path | None = None, check_only: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit_dev.exercises", description="exercises from solutions")
+    p = nbs.tool_parser("python -m labkit_dev.exercises", "exercises from solutions")
     p.add_argument("command", choices=["build", "check"])
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
     args = p.parse_args(argv)
-    try:
-        msgs = build(args.root, check_only=args.command == "check")
-    except nbs.RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    return nbs.run_tool(lambda: _report(args.command, build(args.root, check_only=args.command == "check")))
+
+
+def _report(command: str, msgs: list[str]) -> int:
     for m in msgs:
         print(m)
-    if args.command == "check" and msgs:
+    if command == "check" and msgs:
         print("Regenerate with: python -m labkit_dev.exercises build")
         return 1
     print(f"exercises: {'in sync' if not msgs else f'{len(msgs)} written'}")

@@ -9,24 +9,19 @@ written to at run time). tests/test_invoices.py fails when the shipped files dri
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from labkit.invoices import write_datasets
-from labkit_dev.notebooks import RepoRootNotFound, find_root
+from labkit_dev.notebooks import find_root, run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit_dev.invoices", description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
-    args = p.parse_args(argv)
-    try:
-        folder = find_root(args.root) / "labkit" / "datasets"
-    except RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    args = tool_parser("python -m labkit_dev.invoices", __doc__.splitlines()[0]).parse_args(argv)
+    return run_tool(lambda: _write(find_root(args.root) / "labkit" / "datasets"))
+
+
+def _write(folder: Path) -> int:
     for split, path in write_datasets(folder).items():
         n = sum(1 for _ in path.open(encoding="utf-8"))
         print(f"{split}: {n} records -> {path}")

@@ -24,6 +24,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -60,6 +61,24 @@ def _labkit_settings(pyproject: Path) -> dict | None:
     except (OSError, tomllib.TOMLDecodeError):
         return None  # someone else's (or a broken) pyproject: keep walking up
     return data.get("tool", {}).get("labkit")
+
+
+def tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of a repo tool (`python -m labkit_dev.<tool>`), with the --root every tool takes."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--root", type=Path, default=None,
+                   help="the course checkout (default: found upwards from the working directory)")
+    return p
+
+
+def run_tool(work: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
+    """A repo tool's exit code: `work()`'s, or 2 with the message on stderr when there is no course
+    checkout (or one of `errors` is raised), instead of a traceback."""
+    try:
+        return work()
+    except (RepoRootNotFound, *errors) as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -291,19 +310,16 @@ def problems(path: Path, root: Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit_dev.notebooks", description=__doc__.splitlines()[0])
+    p = tool_parser("python -m labkit_dev.notebooks", __doc__.splitlines()[0])
     p.add_argument("command", choices=["check", "fix", "stamp", "clean", "refresh"])
     p.add_argument("paths", nargs="*", type=Path, help="notebooks (default: every course notebook)")
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
     p.add_argument("--repo", help="stamp/fix: first point pyproject.toml's [tool.labkit] at this GitHub URL")
     p.add_argument("--branch", help="stamp/fix: ... and this branch (default: the current one)")
     args = p.parse_args(argv)
-    try:
-        root = find_root(args.root)
-    except RepoRootNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    return run_tool(lambda: _run(p, args, find_root(args.root)))
+
+
+def _run(p: argparse.ArgumentParser, args: argparse.Namespace, root: Path) -> int:
     if args.repo or args.branch:
         if args.command not in ("stamp", "fix"):
             p.error("--repo/--branch go with stamp or fix")

@@ -18,7 +18,6 @@ This is a tool for a checkout: `python -m labkit_dev.site [--root PATH]`.
 
 from __future__ import annotations
 
-import argparse
 import html
 import shutil
 import sys
@@ -143,19 +142,15 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit_dev.site", description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=None,
-                   help="the course checkout (default: found upwards from the working directory)")
-    args = p.parse_args(argv)
-    from labkit_dev.notebooks import RepoRootNotFound
+    from labkit_dev.notebooks import run_tool, tool_parser
 
-    try:
-        index = build_site(args.root)
-    except (RepoRootNotFound, SiteError) as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"site: {index}")
-    return 0
+    args = tool_parser("python -m labkit_dev.site", __doc__.splitlines()[0]).parse_args(argv)
+
+    def work() -> int:
+        print(f"site: {build_site(args.root)}")
+        return 0
+
+    return run_tool(work, errors=(SiteError,))
 
 
 if __name__ == "__main__":
