@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup constraints bundle course site lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check clean
+.PHONY: setup constraints bundle course site browser lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check clean
 
 setup: $(SETUP_DONE)
 
@@ -49,9 +49,13 @@ course: setup
 
 # The executed course (`make course` first) as static HTML in build/site, then every page opened in
 # Chromium (offline) and a screenshot of the index in build/site-screenshot.png.
-site: setup
+# The browser check never skips here: Chromium is installed first (tools/install_chromium.sh, as CI does).
+site: setup browser
 	$(PY) -m labkit_dev.site
-	LABKIT_REQUIRE_SITE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py::test_the_course_site_in_the_browser
+	LABKIT_REQUIRE_SITE=1 LABKIT_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py::test_the_course_site_in_the_browser
+
+browser:
+	bash tools/install_chromium.sh
 
 lab: setup
 	$(VENV)/bin/jupyter lab lessons
