@@ -42,6 +42,7 @@ DEFAULT_TIMEOUT = 600  # s per notebook: twice the course's 5-minute CPU budget,
 COLUMNS = ("student", "notebook", "exercise", "check", "result", "seconds", "detail")
 TABLE_COLUMNS = ("notebook", "exercise", "check", "result", "seconds", "detail")
 _RESULTS_MARK = "labkit-grade-results:"
+_TIMEOUT = "LabkitGradeTimeout"
 # What a finished notebook's kernel prints for the grader: the checks' recorded outcomes. It reads
 # sys.modules and imports nothing, so a notebook that never ran a check reads as "no results".
 _READ_RESULTS = ("import json as _j, sys as _s\n"
@@ -148,7 +149,7 @@ def _stop_reason(exc, index: int) -> Stop:
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     cell = index + 1
-    if isinstance(exc, CellTimeoutError):
+    if isinstance(exc, CellTimeoutError) or getattr(exc, "ename", "") == _TIMEOUT:
         return Stop(cell, "")  # filled in by the caller, which knows the limit
     if isinstance(exc, CellExecutionError):
         if exc.ename == "NotImplementedError" and "Your turn" in (exc.evalue or ""):
@@ -183,8 +184,6 @@ def _read_results(client) -> list[dict]:
 def run_notebook(nb, cwd: Path, timeout: float, allow_network: bool) -> tuple[Stop | None, list[dict], float]:
     """Execute every cell in a fresh kernel within `timeout` seconds in all; return why it stopped
     early (None when it ran to the end), the recorded check outcomes, and the seconds it took."""
-    from nbclient.exceptions import CellTimeoutError
-
     from labkit_dev.notebooks import INLINE_BACKEND, kernel_client
 
     client = kernel_client(nb, cwd)
@@ -192,6 +191,10 @@ def run_notebook(nb, cwd: Path, timeout: float, allow_network: bool) -> tuple[St
         client.kernel_manager_class = _isolated_kernel_manager()
     start = time.monotonic()
     client.timeout_func = lambda cell: max(1, math.ceil(start + timeout - time.monotonic()))
+    # Past the limit nbclient interrupts the kernel (which then still answers the results query) and
+    # fails the cell with this error name.
+    client.interrupt_on_timeout = True
+    client.error_on_timeout = {"ename": _TIMEOUT, "evalue": f"over {timeout:g} s", "traceback": []}
     env = dict(kernel_env(allow_network), MPLBACKEND=INLINE_BACKEND)
     stop, results = None, []
     try:
@@ -202,9 +205,8 @@ def run_notebook(nb, cwd: Path, timeout: float, allow_network: bool) -> tuple[St
                     client.execute_cell(cell, index)
             except Exception as exc:  # noqa: BLE001 - a learner's notebook must become a row
                 stop = _stop_reason(exc, index)
-                if isinstance(exc, CellTimeoutError):
+                if not stop.reason:
                     stop.reason = f"timed out: the notebook took over {timeout:g} s (stopped in cell {stop.cell})"
-                    client.km.interrupt_kernel()
             results = _read_results(client)
     except Exception as exc:  # noqa: BLE001 - e.g. the kernel would not start
         stop = stop or Stop(0, f"could not start a kernel: {type(exc).__name__}: {exc}")
