@@ -1,7 +1,8 @@
 """The `labkit` command: doctor, cache, and train / eval / chat / merge from a run config.
 
 The run logic lives in labkit.run (and labkit.config, labkit.report); this file only parses arguments.
-Running the whole course headless is course tooling, in a checkout: `python -m labkit_dev.course`.
+Running the whole course headless is course tooling, in a checkout: `python -m labkit_dev.course`;
+`labkit grade` hands its arguments to the checkout's `python -m labkit_dev.grade` (a subprocess).
 `labkit train` runs unchanged under `torchrun --nproc_per_node N` or `accelerate launch`.
 """
 
@@ -88,10 +89,16 @@ def _parser() -> argparse.ArgumentParser:
                            "copy of its base, verify merged == adapter + base, save safetensors and tokenizer.")
     merge.add_argument("adapter", help="an adapter folder written by labkit train (or its run folder)")
     merge.add_argument("out", help="folder for the merged model")
+    # Parsed by labkit_dev.grade itself (main() hands it everything after "grade"): listed here for --help.
+    sub.add_parser("grade", add_help=False, help="grade learners' exercise notebooks (in a course checkout; "
+                   "labkit grade --help for more)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["grade"]:
+        return _grade(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "doctor":
         from labkit.doctor import doctor
@@ -112,6 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, FileNotFoundError) as exc:
         print(f"labkit {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _grade(argv: list[str]) -> int:
+    """`labkit grade ...` runs `python -m labkit_dev.grade ...`: grading executes notebooks (nbclient,
+    the [lab] extra), course tooling the kit never imports, so it runs as a process of its own,
+    from the course checkout at or above the working directory."""
+    import importlib.util
+    import os
+    import subprocess
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    root = next((d for d in (here, *here.parents) if (d / "labkit_dev" / "grade.py").is_file()), None)
+    if root is None and importlib.util.find_spec("labkit_dev") is None:
+        print(f"labkit grade: grading is course tooling that comes with a checkout of {examples_home()}, "
+              "not with an installed labkit: clone it, `pip install -e '.[lab]'` there, and run "
+              "labkit grade from inside the clone.", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    if root is not None:  # `python -m` from a console script does not look in the working directory
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "labkit_dev.grade", *argv], env=env).returncode
 
 
 def _train(args) -> int:

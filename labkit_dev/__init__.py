@@ -9,6 +9,7 @@ exercises/ (it needs the `[lab]` extra: nbformat, nbclient, nbconvert):
     python -m labkit_dev.course [--only 00 05]                     every lesson headless + the course report
     python -m labkit_dev.site                                      the executed course as a static site
     python -m labkit_dev.invoices                                  regenerate labkit/datasets/invoices_*.jsonl
+    python -m labkit_dev.grade NOTEBOOK... [--csv F]               grade learners' notebooks (`labkit grade`)
 
 Each takes `--root PATH` (default: found upwards from the working directory, see
 labkit_dev.notebooks.find_root). The kit never imports from here (tests/test_layout.py).

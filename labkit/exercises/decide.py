@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from labkit.decide import APPROACHES, FINE_TUNE_MIN_EXAMPLES, recommend
-from labkit.exercises.feedback import Feedback, report
+from labkit.exercises.feedback import Feedback, recorded, report
 
 # (description, private_facts, new_behaviour, n_examples): the course's worked cases first, then the
 # edges a rule of thumb lives on (499 vs 500) and the combinations people get wrong.
@@ -42,6 +42,7 @@ def _normalise(answer: object) -> str | None:
     return None
 
 
+@recorded
 def check_choose(choose: Callable[[bool, bool, int], str]) -> bool:
     """Run `choose` on the course's cases; print friendly feedback; True when every case is right."""
     fb = Feedback("make the call (choose)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from labkit.exercises.feedback import Feedback, report
+from labkit.exercises.feedback import Feedback, recorded, report
 
 # E5 thresholds: "learned the task" = exact match up by at least this much (fraction).
 MIN_TASK_GAIN = 0.25
@@ -29,6 +29,7 @@ def _close(a, b, tol: float = 1e-9) -> bool:
     return isinstance(a, (int, float)) and abs(a - b) <= tol
 
 
+@recorded
 def check_forgetting(summarize: Callable[..., dict], results: Mapping[str, Mapping]) -> bool:
     """E5: `summarize` computes gain and drop correctly, and the measured `results` show that
     both methods learned the task while full fine-tuning forgot more than LoRA.
@@ -107,6 +108,7 @@ def _epoch_feedback(bad, my_epoch, expected: int) -> str:
             "while training loss kept falling: the model had started to memorise before that. Look earlier.")
 
 
+@recorded
 def check_overfitting(bad, my_epoch: int | None, fixes: Mapping[str, float] | None = None) -> bool:
     """E6: the bad run overfits, the epoch you read off its curves is where it starts (as
     `labkit.train.find_overfitting_epoch` confirms), and, given `fixes` ({fix: val loss of the model
@@ -146,6 +148,7 @@ def check_overfitting(bad, my_epoch: int | None, fixes: Mapping[str, float] | No
 RANK_TOLERANCE = 0.05
 
 
+@recorded
 def check_rank_choice(sweep: Sequence[Mapping], my_r: int) -> bool:
     """E4: `my_r` is the smallest rank whose validation loss is within RANK_TOLERANCE of the best rank's.
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 
 from labkit.data import describe_difference, to_record
-from labkit.exercises.feedback import Feedback, report
+from labkit.exercises.feedback import Feedback, recorded, report
 
 # (question, answer) cases; each catches a plausible slip.
 RECORD_CASES: list[tuple[str, tuple[str, str], str]] = [
@@ -33,6 +33,7 @@ def _diff_hint(expected: object, got: object) -> str:
     return ""
 
 
+@recorded
 def check_to_record(fn: Callable[[str, str], dict]) -> bool:
     """E2: fn(question, answer) must give the same record as labkit.data.to_record."""
     fb = Feedback("make_record")
@@ -73,6 +74,7 @@ CLEAN_CASES: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+@recorded
 def check_clean(fn: Callable[[list[tuple[str, str]]], list[dict]]) -> bool:
     """E3: fn(pairs) keeps non-blank pairs as to_record records and prints how many it dropped."""
     fb = Feedback("clean")
