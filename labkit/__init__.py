@@ -2,18 +2,19 @@
 
 Each module is one course noun (env, models, data, lora, memory, train, evaluate, plots, ...);
 a notebook cell calls one verb on it so the cell shows the idea, not the plumbing.
+
+Importing labkit sets no environment variable: the quiet, offline-friendly library defaults are
+`labkit.env.library_defaults()`, which `load_model`, `load_tokenizer` and `labkit doctor` call
+before they touch the libraries.
 """
 
-import logging as _logging
-import os as _os
+from labkit._compat import quiet_bitsandbytes_kernel_fetch as _quiet_bitsandbytes
 
 __version__ = "0.1.0"
 
-# Keep notebooks quiet and offline-friendly by default; a learner can still override these.
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# bitsandbytes tries to fetch an optional CPU kernel from the Hub at import and logs a warning when
-# it cannot (always, offline). The built-in kernel is used instead; the line only confuses learners.
-_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-    lambda record: "kernels-community" not in record.getMessage()
-)
+# The one effect of `import labkit`, kept on purpose: bitsandbytes logs a failed optional-kernel
+# download (always, offline) at *its* import, and `from labkit.train import train_sft` imports it
+# (transformers' Trainer -> peft -> bitsandbytes) before any labkit function runs, so an explicit
+# call would come too late for a lesson's import cell. It drops that one line on one logger and
+# changes nothing a child process or another library sees. (Cheap: _compat imports torch lazily.)
+_quiet_bitsandbytes()

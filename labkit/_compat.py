@@ -1,7 +1,9 @@
 """Every private or version-specific third-party access in labkit, in one place.
 
 Rule: no other labkit module touches a private name (`_x`) or a version-dependent spelling of
-transformers / TRL / bitsandbytes / jupyter. Each function here says which versions it is tested
+torch / transformers / TRL / PEFT / bitsandbytes / accelerate / datasets / jupyter
+(tests/test_layers.py checks the private names with the AST). This module imports nothing from
+labkit: it is the lowest layer. Each function here says which versions it is tested
 on and what happens when the library moves; tests/test_drift.py calls each one and checks its
 *effect*, so an upgrade that breaks one fails loudly there instead of silently in a lesson.
 """
@@ -10,10 +12,33 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported where it is used, so `import labkit` (which runs one function of this module,
+# see labkit/__init__.py) stays cheap.
+if TYPE_CHECKING:
+    import torch
+
+# ------------------------------------------------------------------------------------------------
+# torch: the CPU's native bf16 probes (tested on torch 2.11-2.13).
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX tiles (labkit.env.cpu_bf16 decides the CPU dtype on it).
+
+    torch exposes the answer only as the private `torch.cpu._is_avx512_bf16_supported` and
+    `torch.cpu._is_amx_tile_supported` (cpuinfo's view, which includes the OS enabling the state).
+    If torch renames them, this answers False: such a CPU computes in fp32 (correct, ~2x slower), and
+    tests/test_drift.py fails, since it compares the answer with the CPU's flags in /proc/cpuinfo.
+    """
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
 
 # ------------------------------------------------------------------------------------------------
 # bitsandbytes: the CPU repacking trap (tested on bitsandbytes 0.50.x).
@@ -31,10 +56,34 @@ import torch
 BITSANDBYTES_REQUIREMENT = "bitsandbytes>=0.50,<0.51"
 
 
+class _DropKernelFetchWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+_KERNEL_FETCH_LOGGER = "bitsandbytes.backends.cpu.ops"
+_KERNEL_FETCH_FILTER = _DropKernelFetchWarning()
+
+
+def quiet_bitsandbytes_kernel_fetch() -> None:
+    """Drop bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning.
+
+    bitsandbytes 0.50 (tested on 0.50.x) tries at import to fetch an optional CPU kernel from the
+    Hub's kernels-community and logs a warning on `bitsandbytes.backends.cpu.ops` when it cannot
+    (always, offline); it then uses its built-in kernel, so the line only confuses learners. Must
+    run before bitsandbytes is imported; idempotent. If bitsandbytes renames the logger the line
+    shows again (harmless) and tests/test_drift.py fails.
+    """
+    logger = logging.getLogger(_KERNEL_FETCH_LOGGER)
+    if _KERNEL_FETCH_FILTER not in logger.filters:
+        logger.addFilter(_KERNEL_FETCH_FILTER)
+
+
 def _bitsandbytes():
     """The bitsandbytes module, None when it is not installed; a broken install raises."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return None
+    quiet_bitsandbytes_kernel_fetch()
     try:
         import bitsandbytes
     except Exception as exc:  # noqa: BLE001 - installed but broken: say so, never guess
@@ -50,6 +99,22 @@ def linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     if bnb is None:
         return []
     return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def quantized_linear_classes() -> tuple[type, ...]:
+    """bitsandbytes' 4-bit and 8-bit linear layer classes, () when bitsandbytes is not installed.
+
+    For isinstance checks (a class-name comparison would also match a look-alike and miss a
+    subclass); here because bitsandbytes is optional at import time on some platforms.
+    """
+    bnb = _bitsandbytes()
+    return () if bnb is None else (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+
+
+def is_params4bit(param: torch.Tensor) -> bool:
+    """Is this parameter a bitsandbytes packed 4-bit weight (two 4-bit numbers per storage byte)?"""
+    bnb = _bitsandbytes()
+    return bnb is not None and isinstance(param, bnb.nn.Params4bit)
 
 
 def _is_packed(module: torch.nn.Module) -> bool:
@@ -101,7 +166,8 @@ def no_repacking(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 # ------------------------------------------------------------------------------------------------
-# TRL: the fused LM head's device hook (tested on trl 1.16.x).
+# TRL: the fused LM head's device hook (tested on trl 1.16.x; pyproject.toml admits trl < 2 because a
+# move only costs CPU speed and tests/test_drift.py fails loudly on it).
 
 
 @contextmanager
@@ -162,6 +228,24 @@ def rewrap_after_eval(trainer) -> bool:
     return True
 
 
+def tensorboard_logs_to(trainer, log_dir) -> bool:
+    """Point the trainer's TensorBoard callback (report_to="tensorboard") at `log_dir` → True if one was found.
+
+    Without this, transformers' TensorBoardCallback picks its folder on its first log; labkit's
+    epoch-0 evaluation logs before training starts, when the callback has not yet read output_dir,
+    so the event files would land in ./runs of whatever the working directory is. `logging_dir` is a
+    plain attribute of TensorBoardCallback, read when its SummaryWriter is made (transformers
+    5.23-5.x); tests/test_tracking.py checks the event files land in the run's folder.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    found = False
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir, found = str(log_dir), True
+    return found
+
+
 def checkpointing_key() -> str:
     """The TrainingArguments name of gradient checkpointing.
 
@@ -182,6 +266,8 @@ def additive_attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.
     two. Used by the probe to score all options of a question in one packed sequence. Tested on
     transformers 5.23-5.x; tests/test_probe.py checks packed == one-option-at-a-time scores.
     """
+    import torch
+
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 

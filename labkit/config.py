@@ -6,128 +6,185 @@ A config has six sections, every key optional except the data:
     quantization: nf4            # none | nf4 | int8
     data:      {course: invoices} or {train: my.jsonl, val: ..., test: ...}, template, limits, clean
     lora:      {r, alpha, dropout, targets, dora}
-    training:  {epochs, learning_rate, batch_size, gradient_accumulation_steps, max_length, ...}
+    training:  {epochs, learning_rate, batch_size, gradient_accumulation_steps, max_length, report_to, ...}
     evaluation: {metrics, probe, max_new_tokens}
     output:    {dir}
 
-Why a schema of dataclasses and not a free dict: a typo (`learning_rat`) or a wrong type must stop
-the run before a model is loaded, with an error that names the file, the line, the key path, what
-was wrong and what is allowed. `ConfigError` carries all of that; `load_config` raises it.
-Data paths are relative to the config file; `output.dir` is relative to where you run the command.
+Why a schema (pydantic models) and not a free dict: a typo (`learning_rat`) or a wrong type must
+stop the run before a model is loaded, with an error that names the file, the line, the key path,
+what was wrong and what is allowed. pydantic checks types, ranges and choices; this module turns
+its first error (the one earliest in the file) into a `ConfigError` that carries all of that, in
+words for a learner. Rules that span keys or look at the disk (one data source, files exist, a known
+model) run after the schema. Data paths are relative to the config file; `output.dir` is relative
+to where you run the command.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = ["ConfigError", "RunConfig", "DataSection", "LoraSection", "TrainingSection", "EvaluationSection",
            "OutputSection", "load_config", "config_from_dict", "config_to_dict", "QUANTIZATIONS", "TEMPLATES",
-           "METRICS", "TARGET_PRESETS"]
+           "METRICS", "TARGET_PRESETS", "REPORTERS"]
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 TEMPLATES = ("course", "chat")
 METRICS = ("exact_match", "json_valid", "f1")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+REPORTERS = ("none", "tensorboard", "wandb", "trackio")  # transformers' report_to names labkit allows
 TARGET_PRESETS = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
                   "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
 
+Quantization = Literal["none", "nf4", "int8"]
+Template = Literal["course", "chat"]
+Metric = Literal["exact_match", "json_valid", "f1"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+Reporter = Literal["none", "tensorboard", "wandb", "trackio"]
+for _alias, _names in ((Quantization, QUANTIZATIONS), (Template, TEMPLATES), (Metric, METRICS),
+                       (Scheduler, SCHEDULERS), (Reporter, REPORTERS)):
+    assert typing.get_args(_alias) == _names  # one list of names: the tuples above are the public ones
+
 
 class ConfigError(ValueError):
-    """A run config is wrong; the message names the file (and line), the key path, and what is allowed."""
+    """A run config is wrong; the message names the file (and line), the key path, what is wrong and
+    the hint (what is allowed, the closest valid name)."""
 
     def __init__(self, message: str, file: str | Path | None = None, key: str | None = None,
-                 line: int | None = None):
+                 line: int | None = None, hint: str | None = None):
         where = ", ".join(p for p in (str(file) if file else "", f"line {line}" if line else "",
                                       f"key {key!r}" if key else "") if p)
-        super().__init__(f"{where}: {message}" if where else message)
-        self.file, self.key, self.line = file, key, line
+        text = f"{message} {hint}" if hint else message
+        super().__init__(f"{where}: {text}" if where else text)
+        self.file, self.key, self.line, self.hint = file, key, line, hint
 
 
-def _opt(default: Any = None, *, choices: tuple | None = None, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, doc: str = "") -> Any:
-    """A schema field: default, allowed choices or range (lo/hi inclusive unless lo_open), help text."""
-    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def _numeric_text(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads 1e-3 as the text "1e-3"; a learner writes it anyway: accept it as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
-@dataclass
-class DataSection:
-    course: str | None = _opt(doc="a data set shipped with labkit (e.g. invoices); or give train/val/test files")
-    train: str | None = _opt(doc="JSONL/JSON file of training records (path relative to the config file)")
-    val: str | None = _opt(doc="validation records; without it, val_fraction of train is held out")
-    test: str | None = _opt(doc="test records; without it, test_fraction of train is held out")
-    val_fraction: float = _opt(0.1, lo=0.0, hi=0.5, doc="share of train held out for validation (no val file)")
-    test_fraction: float = _opt(0.1, lo=0.0, hi=0.5, doc="share of train held out for testing (no test file)")
-    n_train: int | None = _opt(lo=1, doc="use only the first N training records")
-    n_val: int | None = _opt(lo=1, doc="use only the first N validation records")
-    n_test: int | None = _opt(lo=1, doc="use only the first N test records")
-    template: str = _opt("course", choices=TEMPLATES,
-                         doc="course: '### Instruction / ### Response'; chat: the tokenizer's chat template")
-    clean: bool = _opt(True, doc="drop empty, one-word, too-long and duplicate training records (reported)")
-    seed: int = _opt(0, lo=0, doc="seed of the train/val/test cut when files are not given")
+Number = Annotated[float, BeforeValidator(_numeric_text)]
 
 
-@dataclass
-class LoraSection:
-    r: int = _opt(16, lo=1, hi=1024, doc="adapter rank")
-    alpha: float = _opt(32, lo=0, lo_open=True, doc="scale = alpha / r (2·r is the usual start)")
-    dropout: float = _opt(0.05, lo=0.0, hi=0.9, doc="dropout on the adapter input")
-    targets: list[str] | str = _opt("attention", doc="'attention' (q,k,v,o), 'all' (+ gate, up, down) or a list")
-    dora: bool = _opt(False, doc="DoRA: magnitude/direction split, LoRA on the direction")
+class _Section(BaseModel):
+    """Strict: no unknown keys, no "4" for 4 or true for 1 (YAML already gives real ints and bools)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-@dataclass
-class TrainingSection:
-    epochs: float = _opt(2, lo=0, hi=100, lo_open=True, doc="passes over the training records")
-    learning_rate: float = _opt(2e-4, lo=0, hi=1, lo_open=True, doc="peak learning rate")
-    batch_size: int = _opt(4, lo=1, hi=4096, doc="records per device per step")
-    gradient_accumulation_steps: int = _opt(1, lo=1, hi=1024, doc="steps summed before each update")
-    max_length: int = _opt(256, lo=8, hi=131072, doc="tokens per record (longer prompts are dropped, reported)")
-    early_stopping_patience: int | None = _opt(lo=1, doc="stop after N epochs without a better val loss")
-    seed: int = _opt(0, lo=0, doc="seed of everything random in training")
-    warmup_ratio: float = _opt(0.1, lo=0.0, hi=0.9, doc="share of steps with a rising learning rate")
-    lr_scheduler: str = _opt("cosine", choices=SCHEDULERS, doc="learning-rate schedule")
-    weight_decay: float = _opt(0.0, lo=0.0, hi=1.0, doc="AdamW weight decay")
-    max_grad_norm: float = _opt(1.0, lo=0, lo_open=True, doc="gradient clipping")
-    gradient_checkpointing: bool | None = _opt(doc="recompute activations to save memory (default: by device)")
-    group_by_length: bool = _opt(True, doc="batch records of similar length together (less padding)")
-    timeout_s: int = _opt(1800, lo=10, doc="multi-process: how long a rank waits for the others before failing")
+class DataSection(_Section):
+    course: str | None = Field(None, description="a data set shipped with labkit (e.g. invoices); or give "
+                                                 "train/val/test files")
+    train: str | None = Field(None, description="JSONL/JSON file of training records (path relative to the "
+                                                "config file)")
+    val: str | None = Field(None, description="validation records; without it, val_fraction of train is held out")
+    test: str | None = Field(None, description="test records; without it, test_fraction of train is held out")
+    val_fraction: Number = Field(0.1, ge=0.0, le=0.5, description="share of train held out for validation "
+                                                                  "(no val file)")
+    test_fraction: Number = Field(0.1, ge=0.0, le=0.5, description="share of train held out for testing "
+                                                                   "(no test file)")
+    n_train: int | None = Field(None, ge=1, description="use only the first N training records")
+    n_val: int | None = Field(None, ge=1, description="use only the first N validation records")
+    n_test: int | None = Field(None, ge=1, description="use only the first N test records")
+    template: Template = Field("course", description="course: '### Instruction / ### Response'; chat: the "
+                                                     "tokenizer's chat template")
+    clean: bool = Field(True, description="drop empty, one-word, too-long and duplicate training records "
+                                          "(reported)")
+    seed: int = Field(0, ge=0, description="seed of the train/val/test cut when files are not given")
 
 
-@dataclass
-class EvaluationSection:
-    metrics: list[str] = _opt(list(METRICS), choices=METRICS, doc="what to report (base vs tuned, test set)")
-    probe: bool = _opt(True, doc="general-knowledge probe before/after: did the model forget?")
-    max_new_tokens: int | None = _opt(lo=1, doc="generation cap (default: longest test answer + 4 tokens)")
-    batch_size: int = _opt(16, lo=1, doc="prompts generated together")
-    base: bool = _opt(True, doc="also evaluate the base model (adapters off) for the comparison")
+class LoraSection(_Section):
+    r: int = Field(16, ge=1, le=1024, description="adapter rank")
+    alpha: Number = Field(32, gt=0, description="scale = alpha / r (2·r is the usual start)")
+    dropout: Number = Field(0.05, ge=0.0, le=0.9, description="dropout on the adapter input")
+    targets: list[str] | str = Field("attention", description="'attention' (q,k,v,o), 'all' (+ gate, up, down) "
+                                                              "or a list")
+    dora: bool = Field(False, description="DoRA: magnitude/direction split, LoRA on the direction")
 
 
-@dataclass
-class OutputSection:
-    dir: str | None = _opt(doc="output folder (default: runs/<config name>), relative to where you run labkit")
-    plot: bool = _opt(True, doc="write loss_curve.png")
+class TrainingSection(_Section):
+    epochs: Number = Field(2, gt=0, le=100, description="passes over the training records")
+    learning_rate: Number = Field(2e-4, gt=0, le=1, description="peak learning rate")
+    batch_size: int = Field(4, ge=1, le=4096, description="records per device per step")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="steps summed before each update")
+    max_length: int = Field(256, ge=8, le=131072, description="tokens per record (longer prompts are dropped, "
+                                                              "reported)")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without a better "
+                                                                        "val loss")
+    seed: int = Field(0, ge=0, description="seed of everything random in training")
+    warmup_ratio: Number = Field(0.1, ge=0.0, le=0.9, description="share of steps with a rising learning rate")
+    lr_scheduler: Scheduler = Field("cosine", description="learning-rate schedule")
+    weight_decay: Number = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    max_grad_norm: Number = Field(1.0, gt=0, description="gradient clipping")
+    gradient_checkpointing: bool | None = Field(None, description="recompute activations to save memory "
+                                                                  "(default: by device)")
+    group_by_length: bool = Field(True, description="batch records of similar length together (less padding)")
+    timeout_s: int = Field(1800, ge=10, description="multi-process: how long a rank waits for the others "
+                                                    "before failing")
+    report_to: Reporter | list[Reporter] = Field("none", description="where the trainer also logs: none, "
+                                                                     "tensorboard, wandb, trackio, or a list")
 
 
-@dataclass
-class RunConfig:
-    model: str = _opt("smollm2-135m", doc="a course model name (labkit.models.REGISTRY) or a local model folder")
-    quantization: str = _opt("nf4", choices=QUANTIZATIONS, doc="base weights: none, nf4 (QLoRA) or int8")
-    data: DataSection = field(default_factory=DataSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
-    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
-    output: OutputSection = field(default_factory=OutputSection)
-    name: str | None = _opt(doc="run name (default: the config file's name)")
-    source: str | None = field(default=None, repr=False, metadata={"internal": True})  # the config file
+class EvaluationSection(_Section):
+    metrics: list[Metric] = Field(default_factory=lambda: list(METRICS),
+                                  description="what to report (base vs tuned, test set)")
+    probe: bool = Field(True, description="general-knowledge probe before/after: did the model forget?")
+    max_new_tokens: int | None = Field(None, ge=1, description="generation cap (default: longest test answer "
+                                                               "+ 4 tokens)")
+    batch_size: int = Field(16, ge=1, description="prompts generated together")
+    base: bool = Field(True, description="also evaluate the base model (adapters off) for the comparison")
+
+
+class OutputSection(_Section):
+    dir: str | None = Field(None, description="output folder (default: runs/<config name>), relative to where "
+                                              "you run labkit")
+    plot: bool = Field(True, description="write loss_curve.png")
+
+
+class RunConfig(_Section):
+    model: str = Field("smollm2-135m", description="a course model name (labkit.models.REGISTRY) or a local "
+                                                   "model folder")
+    quantization: Quantization = Field("nf4", description="base weights: none, nf4 (QLoRA) or int8")
+    data: DataSection = Field(default_factory=DataSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    name: str | None = Field(None, description="run name (default: the config file's name)")
+    _source: str | None = PrivateAttr(None)  # the config file: set by config_from_dict, never a YAML key
+
+    @field_validator("data", "lora", "training", "evaluation", "output", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        return {} if value is None else value  # `lora:` with nothing under it: all defaults
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @source.setter
+    def source(self, value: str | None) -> None:
+        self._source = value
 
     @property
     def base_dir(self) -> Path:
@@ -148,6 +205,12 @@ class RunConfig:
         t = self.lora.targets
         return TARGET_PRESETS[t] if isinstance(t, str) else tuple(t)
 
+    @property
+    def reporters(self) -> list[str]:
+        """training.report_to as a list (what transformers' `report_to` takes); [] for none."""
+        r = self.training.report_to
+        return [x for x in ([r] if isinstance(r, str) else r) if x != "none"]
+
     def data_path(self, key: str) -> Path | None:
         value = getattr(self.data, key)
         if value is None:
@@ -157,100 +220,107 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# Building and checking
+# pydantic's errors -> one ConfigError in words
+
+
+def _unwrap(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
 
 
 def _type_name(tp: Any) -> str:
+    tp = _unwrap(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(args[0])}"
+    if typing.get_origin(tp) is Literal:
+        return "text"
     return {str: "text", int: "a whole number", float: "a number", bool: "true/false"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, value converted to tp). YAML 1.1 reads 1e-3 as text, so numeric text is accepted for floats."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None:
-            return type(None) in typing.get_args(tp), None
-        for arg in typing.get_args(tp):
-            if arg is not type(None):
-                ok, v = _coerce(value, arg)
-                if ok:
-                    return True, v
-        return False, value
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            return False, value
-        out = [_coerce(v, item) for v in value]
-        return all(ok for ok, _ in out), [v for _, v in out]
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    return False, value
+def _choices(tp: Any) -> tuple | None:
+    """The allowed values of a Literal field (also inside `X | list[X]`), else None."""
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    for arg in typing.get_args(tp):
+        if (found := _choices(arg)) is not None:
+            return found
+    return None
 
 
-def _check_range(value: Any, meta: dict, err) -> None:
-    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
-    items = value if isinstance(value, list) else [value]
-    if choices:
-        for v in items:
-            if v not in choices:
-                close = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                err(f"{v!r} is not allowed. Allowed values: {', '.join(map(str, choices))}.{hint}")
-    if value is None or isinstance(value, list | str | bool):
-        return
-    low_bad = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
-    if low_bad or (hi is not None and value > hi):
-        left = "(" if meta.get("lo_open") else "["
-        rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        err(f"{value!r} is out of range: allowed {rng}.")
+def _range(field) -> str:
+    """'[lo, hi]' / '(lo, hi]' from a field's ge / gt / le constraints."""
+    bound = {name: getattr(m, name) for m in field.metadata for name in ("ge", "gt", "le") if hasattr(m, name)}
+    lo, hi, left = bound.get("ge", bound.get("gt")), bound.get("le"), "(" if "gt" in bound else "["
+    return f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
 
 
-def _build(cls: type, raw: Any, prefix: str, file: str | None, lines: dict[str, int]):
-    """raw mapping → an instance of the dataclass cls, every key and value checked."""
-    def fail(key: str, message: str):
-        raise ConfigError(message, file, key or None, lines.get(key))
+def _locate(loc: tuple) -> tuple[type[BaseModel], list[str]]:
+    """pydantic's error location → (the model that owns the key, the key path).
 
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        fail(prefix, f"must be a section of 'key: value' lines, got {type(raw).__name__} {raw!r:.60}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    values = {}
-    for key, value in raw.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+    Location parts after a field (a union member's tag, a list index) are not keys: dropped.
+    """
+    model, path = RunConfig, []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        path.append(part)
+        field = model.model_fields.get(part)
+        sub = _unwrap(field.annotation) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model = sub
+    return model, path
+
+
+def _value_at(raw: Any, path: list[str]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _describe(errors: list[dict], model: type[BaseModel], path: list[str], value: Any) -> tuple[str, str | None]:
+    """The errors pydantic gives for one key → (what is wrong, the hint)."""
+    first, key, prefix = errors[0], path[-1], ".".join(path[:-1])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        keys = list(model.model_fields)
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        return "unknown key.", f"{hint}Valid keys{' in ' + prefix if prefix else ''}: {', '.join(keys)}."
+    if kind == "model_type":
+        return f"must be a section of 'key: value' lines, got {type(value).__name__} {value!r:.60}.", None
+    field = model.model_fields[key]
+    choices = _choices(field.annotation) or ()
+    for e in errors:  # a name of the right type, but not one of the allowed ones
+        if e["type"] == "literal_error" and isinstance(e["input"], str):
+            close = difflib.get_close_matches(e["input"], [str(c) for c in choices], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            fail(path, f"unknown key.{hint} Valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}.")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            values[key] = _build(tp, value, path, file, lines)
-            continue
-        ok, converted = _coerce(value, tp)
-        if not ok:
-            fail(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r:.60}. "
-                       f"({fields[key].metadata.get('doc', '')})")
-        _check_range(converted, fields[key].metadata, lambda m, p=path: fail(p, m))
-        values[key] = converted
-    return cls(**values)
+            return f"{e['input']!r} is not allowed.", f"Allowed values: {', '.join(map(str, choices))}.{hint}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal"):
+        return f"{_numeric_text(first['input'])!r} is out of range: allowed {_range(field)}.", None
+    if kind == "finite_number":
+        return f"{value!r} is not a finite number.", f"({field.description})"
+    return f"expected {_type_name(field.annotation)}, got {type(value).__name__} {value!r:.60}.", \
+        f"({field.description})"
+
+
+def _first_error(exc: ValidationError, raw: dict, file: str | None, lines: dict[str, int]) -> ConfigError:
+    """The error earliest in the file (pydantic reports them in schema order) as a ConfigError."""
+    groups: dict[str, tuple[type[BaseModel], list[str], list[dict]]] = {}
+    for e in exc.errors():
+        model, path = _locate(e["loc"])
+        groups.setdefault(".".join(path), (model, path, []))[2].append(e)
+    key = min(groups, key=lambda k: (lines.get(k, 1 << 30), list(groups).index(k)))
+    model, path, errors = groups[key]
+    message, hint = _describe(errors, model, path, _value_at(raw, path))
+    return ConfigError(message, file, key, lines.get(key), hint)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and checking
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -277,7 +347,14 @@ def config_from_dict(raw: Any, file: str | Path | None = None, lines: dict[str, 
                      check_files: bool = True) -> RunConfig:
     """A parsed YAML mapping → a checked RunConfig (ConfigError names the key path and the file)."""
     file_s = str(file) if file is not None else None
-    cfg = _build(RunConfig, raw, "", file_s, lines or {})
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError("the file must be a mapping of sections (model:, data:, lora:, training: ...), "
+                          f"got {type(raw).__name__}.", file_s)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, raw, file_s, lines or {}) from None
     cfg.source = file_s
     if cfg.name is None and file is not None:
         cfg.name = Path(file).stem
@@ -287,8 +364,8 @@ def config_from_dict(raw: Any, file: str | Path | None = None, lines: dict[str, 
 
 def _check_semantics(cfg: RunConfig, lines: dict[str, int], check_files: bool) -> None:
     """Rules that span keys: one data source, files exist, known model, valid targets."""
-    def fail(key: str, message: str):
-        raise ConfigError(message, cfg.source, key, lines.get(key))
+    def fail(key: str, message: str, hint: str | None = None):
+        raise ConfigError(message, cfg.source, key, lines.get(key), hint)
 
     d = cfg.data
     if d.course is None and d.train is None:
@@ -302,8 +379,8 @@ def _check_semantics(cfg: RunConfig, lines: dict[str, int], check_files: bool) -
         known = available_datasets()
         if d.course not in known:
             close = difflib.get_close_matches(d.course, known, n=1)
-            fail("data.course", f"no shipped data set {d.course!r}.{' Did you mean ' + repr(close[0]) + '?' if close else ''}"
-                                f" Available: {', '.join(known)}.")
+            fail("data.course", f"no shipped data set {d.course!r}.",
+                 f"{'Did you mean ' + repr(close[0]) + '? ' if close else ''}Available: {', '.join(known)}.")
     if check_files:
         for key in ("train", "val", "test"):
             p = cfg.data_path(key)
@@ -314,14 +391,31 @@ def _check_semantics(cfg: RunConfig, lines: dict[str, int], check_files: bool) -
     t = cfg.lora.targets
     if isinstance(t, str) and t not in TARGET_PRESETS:
         close = difflib.get_close_matches(t, list(TARGET_PRESETS), n=1)
-        fail("lora.targets", f"{t!r} is not a preset. Allowed: {', '.join(TARGET_PRESETS)} or a list of module "
+        fail("lora.targets", f"{t!r} is not a preset.", f"Allowed: {', '.join(TARGET_PRESETS)} or a list of module "
                              f"names such as [q_proj, v_proj].{' Did you mean ' + repr(close[0]) + '?' if close else ''}")
     if isinstance(t, list) and not t:
         fail("lora.targets", "the list is empty: name at least one module (e.g. [q_proj, v_proj]).")
+    _check_reporters(cfg.training.report_to, fail)
     _check_model(cfg.model, fail)
     if cfg.training.early_stopping_patience is not None and d.course is None and not d.val and d.val_fraction == 0:
         fail("training.early_stopping_patience", "early stopping needs validation records: set data.val or "
                                                   "data.val_fraction > 0.")
+
+
+def _check_reporters(report_to: str | list[str], fail) -> None:
+    """training.report_to: "none" alone or a list of loggers, each installed (the trainer would fail at start)."""
+    names = [report_to] if isinstance(report_to, str) else report_to
+    if not names:
+        fail("training.report_to", "the list is empty.", "Write none to log nowhere, or name loggers: "
+                                                         "[tensorboard, wandb].")
+    if "none" in names and len(names) > 1:
+        fail("training.report_to", f"'none' cannot be combined with other loggers ({names}).",
+             "Write either none, or the list of loggers without it.")
+    missing = [n for n in names if n != "none" and importlib.util.find_spec(n) is None]
+    if missing:
+        fail("training.report_to", f"logging to {', '.join(missing)} needs the package(s) {', '.join(missing)}, "
+                                   "which are not installed.",
+             f"Install with: pip install {' '.join(missing)}; or set training.report_to: none.")
 
 
 def _check_model(name: str, fail) -> None:
@@ -335,9 +429,9 @@ def _check_model(name: str, fail) -> None:
             fail("model", f"the folder {p} has no config.json: it is not a transformers model folder.")
         return
     close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    fail("model", f"{name!r} is neither a course model nor an existing folder.{hint} Course models: "
-                  f"{', '.join(REGISTRY)}; or give the path of a folder saved with save_pretrained().")
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    fail("model", f"{name!r} is neither a course model nor an existing folder.",
+         f"{hint}Course models: {', '.join(REGISTRY)}; or give the path of a folder saved with save_pretrained().")
 
 
 def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
@@ -363,6 +457,4 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
 
 def config_to_dict(cfg: RunConfig) -> dict:
     """RunConfig → a plain dict (what the report and the saved config.yaml show)."""
-    d = dataclasses.asdict(cfg)
-    d.pop("source", None)
-    return d
+    return cfg.model_dump()

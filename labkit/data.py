@@ -21,7 +21,7 @@ import random
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -217,18 +217,25 @@ def load_records(path: str | Path) -> list[dict]:
     if path.suffix != ".jsonl":
         raise RecordError("unsupported file type: use .jsonl (one JSON record a line) or .json (a list).",
                           path)
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"not valid JSON ({exc.msg} at column {exc.colno}): {line[:60]!r}. Each line "
-                              "must be one complete JSON object; check quotes, commas and braces.",
-                              path, lineno) from None
-        records.append(parse_record(obj, path, lineno))
-    return records
+    return [parse_record(obj, path, lineno) for lineno, obj in read_jsonl(path)]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line of a JSONL file: the one JSONL reader.
+
+    A line that is not JSON raises RecordError naming the file and line, so every JSONL file the
+    course reads (records, the probe, the preference answers) fails the same clear way.
+    """
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"not valid JSON ({exc.msg} at column {exc.colno}): {line.strip()[:60]!r}. Each "
+                                  "line must be one complete JSON object; check quotes, commas and braces.",
+                                  path, lineno) from None
 
 
 def dataset_path(name: str, split: str | None = None) -> Path:

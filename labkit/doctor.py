@@ -125,6 +125,7 @@ def check_models() -> list[Check]:
 
 def doctor(print_report: bool = True) -> list[Check]:
     """Preflight checks for a workshop; prints one line per check and returns them."""
+    env.library_defaults()
     checks = [*check_packages(), *check_device(), *check_memory(), check_nf4(), *check_models()]
     if print_report:
         for c in checks:

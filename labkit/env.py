@@ -1,8 +1,9 @@
 """Where am I running, and what does that mean for training?
 
 Every other module asks this one for the device, the dtype, the gradient-checkpointing rule and
-the course profile, so a notebook never has to branch on hardware itself. This is the lowest
-layer: it imports nothing from labkit, prints nothing, and only `is_offline()` touches the network.
+the course profile, so a notebook never has to branch on hardware itself. It sits just above
+labkit._compat (which holds torch's private CPU probes) and imports nothing else from labkit; it
+prints nothing, and only `is_offline()` touches the network.
 
 Three switches, read from the environment:
 - LABKIT_GPU=t4 treats any CUDA GPU as a Colab T4 (no bf16: fp16, gradient checkpointing, paged
@@ -16,14 +17,18 @@ Three switches, read from the environment:
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
 import sys
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from labkit import _compat
 
 # Colab T4 is compute capability 7.5; bf16 needs Ampere (8.0) or newer.
 _BF16_MIN_CAPABILITY = (8, 0)
@@ -83,11 +88,10 @@ def cuda_supports_bf16() -> bool:
 def cpu_has_native_bf16() -> bool:
     """True on x86 CPUs with AVX512-BF16 or AMX tiles: bf16 matmuls run natively, at 2-4x fp32's rate.
 
-    Asked through torch's own CPU probes (private names: tests/test_env.py fails if they move); a
-    torch without them answers False, which only costs speed.
+    Asked through torch's own CPU probes (private names, so they live in labkit._compat;
+    tests/test_drift.py fails if they move); a torch without them answers False, which only costs speed.
     """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return _compat.cpu_has_native_bf16()
 
 
 def cpu_bf16() -> bool:
@@ -164,23 +168,59 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
+# Any of these set to 1/true/yes/on means "never touch the network" (read on every call, so a
+# notebook can switch it on midway); LABKIT_OFFLINE is labkit's own, the others are the Hub's.
+OFFLINE_SWITCHES = ("LABKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def is_offline() -> bool:
-    """Offline when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE say so, or the Hub does not resolve."""
-    if any(_env_true(var) for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+    """Offline when LABKIT_OFFLINE / HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE say so (no network touched),
+    else when huggingface.co does not resolve within 2 s (asked once per process, then remembered)."""
+    if any(_env_true(var) for var in OFFLINE_SWITCHES):
         return True
     return not _hub_reachable()
 
 
+@functools.cache
 def _hub_reachable(timeout: float = 2.0) -> bool:
-    previous = socket.getdefaulttimeout()
-    try:
-        socket.setdefaulttimeout(timeout)
-        socket.getaddrinfo("huggingface.co", 443)
-        return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(previous)
+    """Does huggingface.co resolve within `timeout` seconds? Cached: every model lookup asks, and the
+    answer does not change within a lesson (`_hub_reachable.cache_clear()` asks again).
+
+    Why a thread: `socket.setdefaulttimeout` bounds connects and reads, not the resolver; on a
+    machine whose DNS server is unreachable `getaddrinfo` blocks for the resolver's own timeouts
+    (5 s x attempts x servers, often 10-30 s), and it did so on every call. The lookup runs in a
+    daemon thread and is abandoned after `timeout`: no answer in time counts as offline.
+    """
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.getaddrinfo("huggingface.co", 443)
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, name="labkit-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
+def library_defaults() -> None:
+    """Quiet, offline-friendly defaults for the libraries under labkit; a value the learner set wins.
+
+    - TOKENIZERS_PARALLELISM=false: a tokenizer used before a DataLoader forks its workers
+      otherwise prints a warning per worker (and may deadlock); labkit tokenizes in one process.
+    - HF_HUB_DISABLE_TELEMETRY=1: no usage pings from a course run.
+    - bitsandbytes' failed kernel download line is dropped (`_compat.quiet_bitsandbytes_kernel_fetch`).
+
+    Called by `load_model`, `load_tokenizer` and the doctor before they import those libraries, and
+    idempotent. Not run at `import labkit`: importing a package must not change the environment
+    that a learner's script (and every program it starts) sees.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _compat.quiet_bitsandbytes_kernel_fetch()
 
 
 def set_seed(seed: int = 0) -> None:

@@ -85,27 +85,33 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
     return out  # type: ignore[return-value]
 
 
-def answer_loss(model, tokenizer, records: Sequence[dict]) -> float:
-    """Mean loss of each record's reference answer given its prompt (prompt tokens masked), per record.
+def answer_loss(model, tokenizer, records: Sequence[dict], per: str = "record") -> float:
+    """Mean loss of the records' reference answers given their prompts (prompt tokens masked).
 
     Where generation asks "what does the model say?", this asks "how surprised is it by the right
-    answer?": finer-grained, and it needs no decoding. Inputs go to the model's device; only the
-    scalar comes back. Prompts that do not end in a newline warn about token merging: silenced,
-    since lesson 06 does that on purpose.
+    answer?": finer-grained, and it needs no decoding. per="record" averages each record's mean
+    loss (every record counts the same); per="token" averages over all answer tokens, the way the
+    Trainer's validation loss weighs them (long answers count more). Inputs go to the model's
+    device; only the scalar comes back. Prompts that do not end in a newline warn about token
+    merging: silenced, since lesson 06 does that on purpose.
     """
     import warnings
 
     from labkit.data import tokenize_with_labels
 
+    if per not in ("record", "token"):
+        raise ValueError(f"per must be 'record' or 'token', not {per!r}.")
     validate_records(records, "answer_loss")
     device = next(model.parameters()).device
-    losses = []
+    losses, weights = [], []
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for r in records:
-            enc = {k: torch.tensor([v], device=device) for k, v in tokenize_with_labels(r, tokenizer).items()}
-            losses.append(float(model(**enc).loss))
-    return sum(losses) / len(losses)
+            enc = tokenize_with_labels(r, tokenizer)
+            weights.append(sum(label != -100 for label in enc["labels"][1:]) if per == "token" else 1)
+            batch = {k: torch.tensor([v], device=device) for k, v in enc.items()}
+            losses.append(float(model(**batch).loss))
+    return sum(x * w for x, w in zip(losses, weights, strict=True)) / sum(weights)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,9 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from labkit._compat import no_repacking
+from labkit._compat import is_params4bit, no_repacking, quantized_linear_classes
 from labkit.models import eval_mode
-from labkit.shapes import ALL_LINEAR_TARGETS, DEFAULT_TARGETS  # noqa: F401 - the course reads both here
+from labkit.shapes import (  # noqa: F401 - the course reads these here; torch-free, they live in labkit.shapes
+    ALL_LINEAR_TARGETS,
+    DEFAULT_TARGETS,
+    estimate_lora_params,
+    num_layers,
+    projection_shapes,
+)
 
 
 class LoRAError(RuntimeError):
@@ -149,7 +155,9 @@ def attach_lora(model: nn.Module, config) -> nn.Module:
 
 
 def _is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layer
+
+    return isinstance(module, (nn.Linear, Conv1D, *quantized_linear_classes()))
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -184,7 +192,7 @@ def count_parameters(model: nn.Module) -> ParamCount:
     trainable = total = 0
     for _, param in model.named_parameters():
         n = param.numel()
-        if param.__class__.__name__ == "Params4bit":
+        if is_params4bit(param):
             if hasattr(param, "element_size"):
                 nbytes = param.element_size()
             else:
@@ -197,63 +205,7 @@ def count_parameters(model: nn.Module) -> ParamCount:
 
 
 # --------------------------------------------------------------------------------------------
-# Estimating the LoRA size from a config, without weights
-
-_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
-_GPT2_LIKE = {"gpt2"}
-
-
-def projection_shapes(config) -> dict[str, list[tuple[int, int]]]:
-    """(in_features, out_features) of every LoRA-able projection in ONE decoder layer, by name.
-
-    Llama-style (Llama, Mistral, Qwen2/3, SmolLM2, Gemma): q/o are hidden × heads·head_dim; k/v are
-    hidden × kv_heads·head_dim (grouped-query attention makes them smaller); gate/up/down are the
-    MLP. GPT-2 has fused projections: c_attn (hidden → 3·hidden), and two layers named c_proj
-    (attention hidden → hidden, MLP 4·hidden → hidden), so "c_proj" means both.
-    """
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    kind = getattr(config, "model_type", None)
-    if kind in _LLAMA_LIKE:
-        hidden, heads = config.hidden_size, config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or hidden // heads
-        inter = config.intermediate_size
-        return {"q_proj": [(hidden, heads * head_dim)], "k_proj": [(hidden, kv_heads * head_dim)],
-                "v_proj": [(hidden, kv_heads * head_dim)], "o_proj": [(heads * head_dim, hidden)],
-                "gate_proj": [(hidden, inter)], "up_proj": [(hidden, inter)], "down_proj": [(inter, hidden)]}
-    if kind in _GPT2_LIKE:
-        hidden = config.n_embd
-        inner = getattr(config, "n_inner", None) or 4 * hidden
-        return {"c_attn": [(hidden, 3 * hidden)], "c_proj": [(hidden, hidden), (inner, hidden)],
-                "c_fc": [(hidden, inner)]}
-    raise NotImplementedError(
-        f"estimate_lora_params knows Llama-style models ({', '.join(sorted(_LLAMA_LIKE))}) and GPT-2, "
-        f"not model_type={kind!r}. Count on the real thing instead: build the model on the meta device "
-        "(`with torch.device('meta'): AutoModelForCausalLM.from_config(config)`), add LoRA, and call "
-        "count_parameters — no weights are loaded.")
-
-
-def num_layers(config) -> int:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(config, "num_hidden_layers", None) or config.n_layer
-
-
-def estimate_lora_params(config, r: int = 16, target_modules: Sequence[str] = DEFAULT_TARGETS,
-                         use_dora: bool = False) -> int:
-    """The exact number of LoRA parameters PEFT will add, from a transformers config alone.
-
-    Each targeted projection of shape in → out gets A (r × in) and B (out × r): r · (in + out)
-    numbers, in every decoder layer. DoRA adds one magnitude per output feature (out more).
-    """
-    if isinstance(target_modules, str):
-        target_modules = [target_modules]
-    shapes = projection_shapes(config)
-    unknown = [t for t in target_modules if t not in shapes]
-    if unknown:
-        raise ValueError(f"Unknown target module(s) {unknown} for model_type "
-                         f"{getattr(config, 'model_type', '?')!r}; known: {sorted(shapes)}.")
-    per_layer = sum(r * (i + o) + (o if use_dora else 0) for t in set(target_modules) for i, o in shapes[t])
-    return per_layer * num_layers(config)
+# Counting LoRA on a config, without weights (the estimate itself, estimate_lora_params, is in labkit.shapes)
 
 
 def count_lora_on_meta(config, r: int = 16, target_modules: Sequence[str] = DEFAULT_TARGETS,

@@ -9,13 +9,20 @@ as GPU vendors and the course's worked numbers use them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from labkit.lora import DEFAULT_TARGETS, estimate_lora_params, num_layers, projection_shapes
-from labkit.shapes import COURSE_MODEL_SHAPE, PRESETS  # noqa: F401 - re-exported: lessons read them here
+from labkit.shapes import (  # noqa: F401 - re-exported: lessons read them here
+    COURSE_MODEL_SHAPE,
+    DEFAULT_TARGETS,
+    PRESETS,
+    estimate_lora_params,
+    num_layers,
+    projection_shapes,
+)
 from labkit.tables import format_table
 
 GB = 1e9
@@ -220,7 +227,11 @@ def measure_footprint_mb(model) -> float:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible."""
+    """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible.
+
+    False means every later `peak_rss_mb()` is the peak since the process started, which may be an
+    earlier, larger step (loading a model in fp32 before quantising it): `PeakMeter` says so.
+    """
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -229,10 +240,10 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb(pid: int | None = None) -> float:
-    """The kernel's high-water mark of resident memory of process `pid` (default: this one), in MiB.
+    """The high-water mark of resident memory of process `pid` (default: this one), in MiB.
 
-    Linux reads VmHWM; elsewhere this process's current RSS (psutil) is the best available, and
-    another process's is 0.
+    Linux reads VmHWM (any process); elsewhere this process's own peak comes from the OS
+    (`getrusage` on macOS, psutil's peak working set on Windows), and another process's is 0.
     """
     try:
         for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
@@ -242,9 +253,68 @@ def peak_rss_mb(pid: int | None = None) -> float:
         pass
     if pid is not None:
         return 0.0
-    import psutil
+    return _own_peak_mb()
 
-    return psutil.Process().memory_info().rss / 2**20
+
+def _own_peak_mb() -> float:
+    """This process's lifetime peak RSS without /proc (getrusage: bytes on macOS, KiB elsewhere;
+    Windows has no getrusage: psutil's peak working set)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    except ImportError:  # Windows
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**20
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """A measured peak and what it covers: `since_start` is False when the peak could not be reset,
+    so `mb` is the process's peak since it started (an upper bound for the measured work)."""
+
+    mb: float
+    source: str  # "cuda" (peak allocated by torch) or "rss" (the process's resident set)
+    since_start: bool
+
+    @property
+    def note(self) -> str:
+        if self.since_start:
+            return f"peak {self.source} memory during the measured work"
+        return (f"peak {self.source} memory since the process started: the peak could not be reset on "
+                "this platform, so it may come from earlier work (an upper bound)")
+
+    def __str__(self) -> str:
+        return f"{self.mb:,.0f} MiB ({self.note})"
+
+
+class PeakMeter:
+    """Peak memory of the work between creating it and `read()`, honest about its scope.
+
+    CUDA: torch's peak allocated bytes (always resettable). CPU: the process's peak RSS, reset
+    through /proc on Linux; where that fails (other systems, some sandboxes) the reading says
+    `since_start=False` instead of passing off an older peak as this work's.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self._cuda = torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self._reset = True
+        else:
+            self._reset = reset_peak_rss()
+
+    def read(self) -> PeakMemory:
+        if self._cuda:
+            import torch
+
+            return PeakMemory(torch.cuda.max_memory_allocated() / 2**20, "cuda", True)
+        return PeakMemory(peak_rss_mb(), "rss", self._reset)
 
 
 def recommend_gpu(total_gb: float) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     """The course tokenizer, with a pad token that is not EOS (see `_set_pad_token`)."""
     from transformers import AutoTokenizer
 
+    env.library_defaults()
     spec = get_spec(name)
     if spec.embedded:
         folder = cache_dir() / spec.name
@@ -227,11 +229,15 @@ def _convert_embedded(spec: ModelSpec, folder: Path, verbose: bool) -> None:
         print(f"labkit: cached {spec.name} at {folder} in {time.perf_counter() - start:.0f} s.")
 
 
+_PAD_IS_EOS_WARNED: set[str] = set()
+
+
 def _set_pad_token(tok) -> None:
     """Give the tokenizer a pad token distinct from EOS where the vocabulary allows.
 
     Why: when pad == EOS, the collator masks every EOS as padding, the model never learns to stop,
-    and a fine-tuned model generates until max_new_tokens.
+    and a fine-tuned model generates until max_new_tokens. Where no other token exists, padding
+    uses EOS and a warning says so, once per tokenizer.
     """
     if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
         return
@@ -240,8 +246,24 @@ def _set_pad_token(tok) -> None:
         if candidate in vocab and vocab[candidate] != tok.eos_token_id:
             tok.pad_token = candidate
             return
-    if tok.pad_token is None:  # last resort; documented trade-off
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    _warn_pad_is_eos(tok)
+
+
+def _warn_pad_is_eos(tok) -> None:
+    name = getattr(tok, "name_or_path", "") or type(tok).__name__
+    if name in _PAD_IS_EOS_WARNED:
+        return
+    _PAD_IS_EOS_WARNED.add(name)
+    warnings.warn(
+        f"labkit: the tokenizer {name!r} has no token to pad with other than EOS ({tok.eos_token!r}), so "
+        "padding uses EOS. labkit's own label masks (data.tokenize_with_labels, train_sft) mark the "
+        "answer's EOS by position and still learn it; but any collator that masks labels by the pad "
+        "token id (e.g. transformers' DataCollatorForLanguageModeling) masks every EOS as padding, and "
+        "the model then never learns to stop. Add a pad token (tok.add_special_tokens({'pad_token': "
+        "'<pad>'}) and model.resize_token_embeddings(len(tok))) if you train with such a collator.",
+        UserWarning, stacklevel=3)
 
 
 def _quantized_device(quantization: str | None, dev: str) -> str:
@@ -294,6 +316,7 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     """
     from transformers import AutoModelForCausalLM
 
+    env.library_defaults()
     dev = _quantized_device(quantization, device or env.device())
     dtype = dtype or env.compute_dtype(dev)
     qconfig = _quantization_config(quantization, dev, dtype)
@@ -340,6 +363,7 @@ def _source_and_tokenizer(name: str):
 def _tokenizer_from(folder: str):
     from transformers import AutoTokenizer
 
+    env.library_defaults()
     tok = AutoTokenizer.from_pretrained(folder)
     _set_pad_token(tok)
     return tok

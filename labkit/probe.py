@@ -18,7 +18,6 @@ The score is compared with `chance` (the expected score of guessing uniformly), 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from labkit._compat import additive_attention_mask
+from labkit.data import RecordError, read_jsonl
 from labkit.models import eval_mode
 
 PROBE_PATH = Path(__file__).parent / "datasets" / "general_probe.jsonl"
@@ -35,21 +35,14 @@ QA_TEMPLATE = "Question: {question}\nAnswer:"
 def load_probe(path: str | Path = PROBE_PATH) -> list[dict]:
     """The probe items: dicts with question, options (list), answer (index), category."""
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({exc.msg}, column {exc.colno}).") from None
-            ok = isinstance(item, dict) and (isinstance(item.get("question"), str) and isinstance(item.get("options"), list)
-                  and 2 <= len(item["options"]) <= 4 and isinstance(item.get("answer"), int)
-                  and 0 <= item["answer"] < len(item["options"]))
-            if not ok:
-                raise ValueError(f"{path}, line {lineno}: a probe item needs 'question' (text), 'options' "
-                                 f"(2-4 texts) and 'answer' (index into options); got {item!r}.")
-            items.append(item)
+    for lineno, item in read_jsonl(path):
+        ok = isinstance(item, dict) and (isinstance(item.get("question"), str) and isinstance(item.get("options"), list)
+              and 2 <= len(item["options"]) <= 4 and isinstance(item.get("answer"), int)
+              and 0 <= item["answer"] < len(item["options"]))
+        if not ok:
+            raise RecordError("a probe item needs 'question' (text), 'options' (2-4 texts) and 'answer' (index "
+                              f"into options); got {item!r}.", path, lineno)
+        items.append(item)
     return items
 
 

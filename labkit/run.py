@@ -1,8 +1,8 @@
 """A whole run from a config file: the same calls as lesson 05, in the order it makes them.
 
 `train_from_config(cfg)` loads the base (`labkit.models.load_model`), prepares the records
-(`labkit.data.load_records`, `validate_records`, `clean`), attaches LoRA (`labkit.lora.add_lora`), trains
-(`labkit.train.train_sft`), evaluates base vs tuned (`labkit.evaluate.evaluate_records`, `compare`) and
+(`labkit.data.load_records`, `validate_records`, `clean`), trains with
+LoRA (`labkit.train.train_sft` with `lora=`), evaluates base vs tuned (`labkit.evaluate.evaluate_records`, `compare`) and
 the general probe, and writes the output folder:
 
     adapter/            the LoRA adapter (PEFT safetensors) + labkit.yaml (the config it came from)
@@ -17,7 +17,6 @@ Launched with `torchrun --nproc_per_node N` or `accelerate launch`, the Trainer 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 from labkit.config import RunConfig, config_to_dict
 
-__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "attach_lora", "dry_run",
+__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "dry_run",
            "train_from_config", "RunResult", "rank", "world_size", "is_main_process", "load_adapter",
            "ADAPTER_CONFIG"]
 
@@ -182,11 +181,10 @@ def load_base(name: str, quantization: str | None):
     return load_model(name, quantization=quantization)
 
 
-def attach_lora(cfg: RunConfig, model):
-    from labkit.lora import add_lora
-
-    return add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                    targets=cfg.lora_targets, use_dora=cfg.lora.dora)
+def lora_keywords(cfg: RunConfig) -> dict[str, Any]:
+    """The config's lora section as the `lora=` keywords every labkit trainer takes (labkit.lora.add_lora's)."""
+    return dict(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora_targets,
+                use_dora=cfg.lora.dora)
 
 
 def load_adapter(adapter_dir: str | Path) -> tuple[Any, Any, RunConfig]:
@@ -225,7 +223,9 @@ def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
 
     model, tok = load_base(cfg.model, cfg.quantization_arg)
     data = prepare_data(cfg, tok)
-    model = attach_lora(cfg, model)
+    from labkit.lora import add_lora
+
+    model = add_lora(model, **lora_keywords(cfg))
     params = count_parameters(model)
     method = "qlora" if cfg.quantization == "nf4" else "lora"
     dtype_bytes = model.get_base_model().dtype.itemsize if hasattr(model, "get_base_model") else 4
@@ -306,18 +306,16 @@ def _metrics_table(table, metrics: Sequence[str]):
 
 def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bool, progress: bool,
            callbacks: Sequence) -> Any:
-    from labkit import env
     from labkit._compat import checkpointing_key
     from labkit.train import train_sft
 
     t = cfg.training
-    overrides: dict[str, Any] = {"ddp_timeout": t.timeout_s}
+    overrides: dict[str, Any] = {"ddp_timeout": t.timeout_s, "report_to": cfg.reporters or "none"}
     if not t.group_by_length:
         overrides["train_sampling_strategy"] = "random"
     if t.gradient_checkpointing is not None:
         overrides[checkpointing_key()] = t.gradient_checkpointing
-    env.set_seed(t.seed)
-    return train_sft(model, tok, data.train, data.val or None, epochs=t.epochs, learning_rate=t.learning_rate,
+    return train_sft(model, tok, data.train, data.val or None, lora=lora_keywords(cfg), epochs=t.epochs, learning_rate=t.learning_rate,
                      batch_size=t.batch_size, max_length=t.max_length, output_dir=out / "checkpoints",
                      resume=resume, early_stopping_patience=t.early_stopping_patience,
                      max_grad_norm=t.max_grad_norm, warmup_ratio=t.warmup_ratio, lr_scheduler=t.lr_scheduler,
@@ -327,15 +325,14 @@ def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bo
 
 def train_from_config(cfg: RunConfig, resume: bool = False, progress: bool = True,
                       callbacks: Sequence = (), output_dir: str | Path | None = None) -> RunResult:
-    """Run the whole config: load, prepare, train, evaluate, write the output folder (rank 0 only)."""
-    from labkit import env
+    """Run the whole config: load, prepare, train, evaluate, write the output folder (rank 0 only).
 
+    train_sft seeds the run and attaches the config's LoRA (the one run path, labkit.train.TrainingRun).
+    """
     out = Path(output_dir) if output_dir is not None else cfg.output_dir
     start = time.perf_counter()
-    env.set_seed(cfg.training.seed)
     model, tok = load_base(cfg.model, cfg.quantization_arg)
     data = prepare_data(cfg, tok)
-    model = attach_lora(cfg, model)
     history = _train(cfg, model, tok, data, out, resume, progress, callbacks)
     model = history.model
     train_s = time.perf_counter() - start
@@ -384,10 +381,6 @@ def evaluate_adapter(cfg: RunConfig, adapter_dir: str | Path, progress: bool = T
     model, tok, _ = load_adapter(adapter_dir)
     data = prepare_data(cfg, tok)
     return evaluate_base_and_tuned(cfg, model, tok, data.test, progress=progress)
-
-
-def json_dump(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------

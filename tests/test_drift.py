@@ -257,3 +257,33 @@ def test_trl_casts_qlora_adapters_to_bf16_and_labkit_can_undo_it(tmp_path):
     assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.bfloat16}
     assert _fp32_master_weights(trainer.model) > 0
     assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_native_bf16_probe_matches_the_cpu_flags():
+    """_compat.cpu_has_native_bf16 reads torch.cpu's private probes; if torch moves them it answers
+    False on a bf16 CPU (fp32: ~2x slower, silently). Its effect, checked against the kernel's view."""
+    from labkit._compat import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo: the CPU's flags cannot be read here")
+    flags = set(re.findall(r"\b(avx512_bf16|amx_tile)\b", cpuinfo.read_text()))
+    assert cpu_has_native_bf16() == bool(flags), (
+        f"API drift: the CPU flags say native bf16 is {bool(flags)} ({sorted(flags)}) but "
+        "labkit._compat.cpu_has_native_bf16() says otherwise: torch.cpu's private probes moved?")
+
+
+def test_bitsandbytes_kernel_fetch_warning_is_dropped_by_compat():
+    """_compat.quiet_bitsandbytes_kernel_fetch filters one logger by name: bitsandbytes logs the line
+    without it and not with it. If bitsandbytes stops logging it, the filter can go."""
+    import subprocess
+    import sys
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stderr
+
+    plain = stderr_of("import bitsandbytes")
+    if "kernels-community" not in plain:
+        pytest.skip("this bitsandbytes does not log the kernel-fetch line here (the optional kernel loaded?)")
+    quiet = stderr_of("from labkit import _compat; _compat.quiet_bitsandbytes_kernel_fetch(); import bitsandbytes")
+    assert "kernels-community" not in quiet, f"API drift: bitsandbytes logs the line elsewhere now: {quiet[-500:]}"

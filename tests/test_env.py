@@ -1,5 +1,6 @@
 """labkit.env: dtype and profile choices on mocked hardware, seeding, the doctor."""
 
+import os
 import random
 import socket
 
@@ -8,6 +9,14 @@ import pytest
 import torch
 
 from labkit import env
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hub_probe():
+    """is_offline remembers the Hub probe for the process; each test asks afresh."""
+    env._hub_reachable.cache_clear()
+    yield
+    env._hub_reachable.cache_clear()
 
 
 def mock_cuda(monkeypatch, capability, name="Tesla T4", vram_gb=15.0):
@@ -44,11 +53,13 @@ def test_cpu_dtype_switch_overrides_the_probe_and_rejects_typos(monkeypatch):
         env.compute_dtype("cpu")
 
 
-def test_native_bf16_probe_asks_torch():
-    """torch.cpu's probes are private: if they move, the probe must not silently answer False."""
-    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert env.cpu_has_native_bf16() == expected
+def test_native_bf16_probe_is_compat_s(monkeypatch):
+    """env asks labkit._compat (where torch's private probes live; tests/test_drift.py checks them)."""
+    from labkit import _compat
+
+    for answer in (True, False):
+        monkeypatch.setattr(_compat, "cpu_has_native_bf16", lambda a=answer: a)
+        assert env.cpu_has_native_bf16() is answer
 
 
 def test_t4_uses_fp16_not_bf16(monkeypatch):
@@ -174,3 +185,63 @@ def test_offline_env_var_short_circuits_the_network(monkeypatch):
     assert env.is_offline() is True
 
 
+
+
+def test_hub_probe_is_bounded_even_when_the_resolver_hangs(monkeypatch):
+    """socket.setdefaulttimeout does not bound getaddrinfo; a dead DNS server must not stall a lesson."""
+    import time
+
+    def hanging_resolver(*a, **k):
+        time.sleep(5)
+        return []
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(env.socket, "getaddrinfo", hanging_resolver)
+    start = time.perf_counter()
+    assert env._hub_reachable(timeout=0.3) is False
+    assert time.perf_counter() - start < 2, "the probe waited for the resolver past its timeout"
+
+
+def test_is_offline_probes_the_network_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("LABKIT_OFFLINE", raising=False)
+    monkeypatch.setattr(env.socket, "getaddrinfo", lambda *a, **k: calls.append(a) or [])
+    assert [env.is_offline() for _ in range(3)] == [False, False, False]
+    assert len(calls) == 1
+    monkeypatch.setenv("LABKIT_OFFLINE", "1")  # the switches are read on every call, cache or not
+    assert env.is_offline() is True and len(calls) == 1
+
+
+def test_resolver_failure_means_offline(monkeypatch):
+    def no_dns(*a, **k):
+        raise socket.gaierror("no resolver")
+
+    monkeypatch.setattr(env.socket, "getaddrinfo", no_dns)
+    assert env._hub_reachable(timeout=1.0) is False
+
+
+def test_importing_labkit_sets_no_environment_variable():
+    """`import labkit` sets nothing a child process sees (only library_defaults() does) and is cheap;
+    its one effect, the bitsandbytes log filter, is in place before `labkit.train` imports bitsandbytes."""
+    import subprocess
+    import sys
+
+    code = ("import logging, os, sys\n"
+            "import labkit\n"
+            "assert 'torch' not in sys.modules, 'import labkit must stay cheap'\n"
+            "import torch, transformers, trl, peft  # what they set themselves is not labkit's doing\n"
+            "before = dict(os.environ)\n"
+            "import labkit.env, labkit.models, labkit.config, labkit.data, labkit.lora, labkit.train\n"
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+            "assert 'TOKENIZERS_PARALLELISM' not in os.environ and 'HF_HUB_DISABLE_TELEMETRY' not in os.environ\n"
+            "os.environ['HF_HUB_DISABLE_TELEMETRY'] = '0'\n"
+            "labkit.env.library_defaults(); labkit.env.library_defaults()\n"
+            "assert os.environ['TOKENIZERS_PARALLELISM'] == 'false'\n"
+            "assert os.environ['HF_HUB_DISABLE_TELEMETRY'] == '0', 'the learner\\'s own value wins'\n"
+            "assert len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters) == 1\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_TELEMETRY")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=clean)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels-community" not in done.stderr

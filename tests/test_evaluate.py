@@ -167,13 +167,19 @@ def test_answer_loss_matches_a_hand_computed_masked_loss(tiny):
 
     model, tok = tiny
     recs = [{"prompt": "Q: 2+2?\nA:", "completion": " 4"}, {"prompt": "Q: capital of France?\nA:", "completion": " Paris"}]
-    expected = []
+    expected, sums, n_tokens = [], 0.0, 0
     for r in recs:
         enc = tokenize_with_labels(r, tok)
         logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0, :-1]
         labels = torch.tensor(enc["labels"][1:])
         keep = labels != -100
         expected.append(float(torch.nn.functional.cross_entropy(logits[keep], labels[keep])))
+        sums += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+        n_tokens += int(keep.sum())
+    assert n_tokens > len(recs)  # the two averages differ: answers are longer than one token
     assert answer_loss(model, tok, recs) == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert answer_loss(model, tok, recs, per="token") == pytest.approx(sums / n_tokens, rel=1e-5)
+    with pytest.raises(ValueError, match="per must be"):
+        answer_loss(model, tok, recs, per="batch")
     with pytest.raises(ValueError, match="answer_loss record 0 has no 'completion'"):
         answer_loss(model, tok, [{"prompt": "x"}])

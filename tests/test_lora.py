@@ -236,3 +236,31 @@ def test_merge_reports_a_misfit_adapter_but_passes_other_errors_through(tiny, mo
     monkeypatch.setattr(peft.PeftModel, "from_pretrained", raiser(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         merge_and_verify(peft_model, copy.deepcopy(model), tokenizer=tok)
+
+
+def test_linear_like_layers_are_found_by_class_not_by_name():
+    """isinstance against the real classes: a subclass counts, a look-alike with the same name does not."""
+    import bitsandbytes as bnb
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    from labkit.lora import _is_linear_like
+
+    class MyLinear4bit(bnb.nn.Linear4bit):
+        pass
+
+    Linear4bit = type("Linear4bit", (nn.Module,), {})  # same name, not a linear layer
+    assert _is_linear_like(MyLinear4bit(8, 8, quant_type="nf4")) and _is_linear_like(Conv1D(8, 8))
+    assert _is_linear_like(bnb.nn.Linear8bitLt(8, 8, has_fp16_weights=False))
+    assert not _is_linear_like(Linear4bit()) and not _is_linear_like(nn.LayerNorm(8))
+
+
+def test_count_parameters_unpacks_4bit_weights_by_class():
+    """A Params4bit stores two 4-bit numbers per byte: counted as its real element count."""
+    import bitsandbytes as bnb
+    from torch import nn
+
+    net = nn.Sequential(bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4"))
+    net = net.to("cpu")
+    assert type(net[0].weight).__name__ == "Params4bit" and net[0].weight.numel() == 64 * 32 // 2
+    assert count_parameters(net).total == 64 * 32

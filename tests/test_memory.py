@@ -122,3 +122,32 @@ def test_plot_memory_names_a_bad_unit():
     est = {"full": estimate_training_memory(preset_config("llama-3.2-1b"), method="full")}
     with pytest.raises(ValueError, match="unit='TB' is not supported: use one of GB, MB"):
         plot_memory(est, unit="TB")
+
+
+def test_peak_meter_says_when_the_peak_could_not_be_reset(monkeypatch):
+    """Where the peak cannot be reset, the reading says it covers the whole process, not this work."""
+    import torch
+
+    from labkit import memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(memory, "reset_peak_rss", lambda: False)
+    reading = memory.PeakMeter().read()
+    assert reading.source == "rss" and reading.since_start is False and reading.mb > 0
+    assert "could not be reset" in reading.note and "upper bound" in str(reading)
+    monkeypatch.setattr(memory, "reset_peak_rss", lambda: True)
+    assert memory.PeakMeter().read().since_start is True
+
+
+def test_peak_meter_forgets_an_earlier_larger_peak():
+    """On Linux the reset works: 300 MiB touched and freed before the meter starts are not its peak."""
+    from labkit import memory
+
+    if not memory.reset_peak_rss():
+        pytest.skip("this platform cannot reset the peak RSS (the reading says so: test above)")
+    big = bytearray(300 * 2**20)
+    big[::4096] = b"x" * len(big[::4096])  # touch every page so it is resident
+    del big
+    stale = memory.peak_rss_mb()
+    reading = memory.PeakMeter().read()
+    assert reading.since_start and reading.mb < stale - 200, (reading, stale)

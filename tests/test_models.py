@@ -226,3 +226,45 @@ def test_nf4_under_fsdp_stores_weights_in_the_compute_dtype_and_lets_fsdp_place_
     assert "device_map" not in fsdp and fsdp["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     assert not models.env.fsdp_launched()
+
+
+class _EosOnlyTokenizer:
+    """A tokenizer whose vocabulary has no token to pad with but EOS."""
+
+    eos_token, eos_token_id = "</s>", 2
+
+    def __init__(self, name: str, pad: str | None = None):
+        self.name_or_path, self.pad_token = name, pad
+
+    @property
+    def pad_token_id(self):
+        return self.get_vocab().get(self.pad_token)
+
+    def get_vocab(self):
+        return {"</s>": 2, "a": 3, "b": 4}
+
+
+def test_pad_falls_back_to_eos_with_one_warning_that_says_what_it_means():
+    import warnings
+
+    tok = _EosOnlyTokenizer("eos-only-a")
+    with pytest.warns(UserWarning, match="padding uses EOS") as caught:
+        models._set_pad_token(tok)
+    assert tok.pad_token == "</s>" and "label" in str(caught[0].message) and "never learns to stop" in str(
+        caught[0].message)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")  # once per tokenizer: the second load is quiet
+        models._set_pad_token(_EosOnlyTokenizer("eos-only-a"))
+    assert again == []
+    with pytest.warns(UserWarning, match="padding uses EOS"):  # pad already set to EOS: said too
+        models._set_pad_token(_EosOnlyTokenizer("eos-only-b", pad="</s>"))
+
+
+def test_course_tokenizer_pads_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tok = models.load_tokenizer()
+    assert tok.pad_token_id != tok.eos_token_id
+    assert not [w for w in caught if "padding uses EOS" in str(w.message)]

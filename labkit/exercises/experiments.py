@@ -71,25 +71,15 @@ def check_forgetting(summarize: Callable[..., dict], results: Mapping[str, Mappi
 
 
 def val_loss_of(model, tokenizer, records: Sequence[dict]) -> float:
-    """Validation loss of `model` as it is now: the mean loss per answer token (prompts masked).
+    """Validation loss of `model` as it is now: the mean loss per answer token (prompts masked),
+    as the Trainer weighs it (`labkit.evaluate.answer_loss(..., per="token")`).
 
     Why measure again instead of reading History.val_loss: this is the model you would ship, so
     it shows whether early stopping really restored the best checkpoint.
     """
-    import torch
+    from labkit.evaluate import answer_loss
 
-    from labkit.data import tokenize_with_labels
-    from labkit.models import eval_mode
-
-    total, n_tokens = 0.0, 0
-    with eval_mode(model), torch.no_grad():
-        for r in records:
-            enc = tokenize_with_labels(r, tokenizer)
-            n = sum(label != -100 for label in enc["labels"][1:])  # tokens the loss averages over
-            batch = {k: torch.tensor([v], device=model.device) for k, v in enc.items()}
-            total += model(**batch).loss.item() * n
-            n_tokens += n
-    return total / n_tokens
+    return answer_loss(model, tokenizer, records, per="token")
 
 
 def ablation_table(bad_loss: float, fixed_losses: Mapping[str, float]) -> list[dict]:
