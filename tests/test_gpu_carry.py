@@ -130,15 +130,16 @@ def test_the_carry_alone_imports_labkit_and_trains_a_step(tmp_path):
     carry = gpu_carry.build(python, "manylinux_2_28_x86_64", "130", tmp_path / "carry")
     manifest = json.loads((carry / "MANIFEST.json").read_text())
     assert gpu_carry.folder_bytes(carry) < gpu_carry.LIMIT_MIB * 2**20
-    target = tmp_path / "target"
+    target = tmp_path / "carry-install" / "site-packages"  # as gpu_check.use_carry names it (see there why)
     gpu_carry.install(carry, target)
-    site = tmp_path / "device-site"  # the venv's packages that DEVICE_HAS lists, and nothing else
-    site.mkdir()
+    site = tmp_path / "device" / "site-packages"  # the venv's packages that DEVICE_HAS lists, and nothing else
+    site.mkdir(parents=True)
     subprocess.run([sys.executable, "-c", "from pathlib import Path\n" + DEVICE_VIEW, str(site),
                     ",".join(gpu_carry.DEVICE_HAS)], check=True)
     assert not {p.name for p in site.iterdir()} & {"transformers", "trl", "peft", "datasets", "bitsandbytes"}
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{target}:{ROOT}:{site}", "HOME": str(tmp_path),
            "HF_HUB_OFFLINE": "1", "LABKIT_CACHE": str(tmp_path / "cache")}
+    # -S: no site-packages of this venv at all, only PYTHONPATH (the carry, the checkout, the device's view)
     run = subprocess.run([sys.executable, "-S", "-c", TRAIN_FROM_CARRY, str(carry), str(target), str(ROOT)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

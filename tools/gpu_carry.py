@@ -54,8 +54,6 @@ DEVICE_HAS = frozenset(canonicalize_name(n) for n in """
     ipywidgets ipython traitlets comm widgetsnbextension jupyterlab-widgets pygments
     pytest pluggy iniconfig
 """.split())
-# Not (yet) a labkit requirement in pyproject.toml, but in constraints.txt and used by labkit:
-EXTRA_ROOTS = ("pydantic",)
 # bitsandbytes picks libbitsandbytes_cuda<torch.version.cuda without the dot>.so (BNB_CUDA_VERSION overrides).
 BNB_KEEP = ("libbitsandbytes_cpu.so",)
 
@@ -72,7 +70,7 @@ def pins(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
 
 def labkit_roots() -> list[str]:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [canonicalize_name(Requirement(d).name) for d in deps] + [canonicalize_name(n) for n in EXTRA_ROOTS]
+    return [canonicalize_name(Requirement(d).name) for d in deps]
 
 
 def closure(roots: list[str], env: dict, has: frozenset[str] = DEVICE_HAS) -> list[str]:
