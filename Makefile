@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup constraints bundle course site browser lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check clean
+.PHONY: setup constraints bundle course site browser lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check gpu-carry gpu-check-offline clean
 
 setup: $(SETUP_DONE)
 
@@ -89,6 +89,17 @@ benchmark: setup
 # notebook in both modes; writes build/gpu-report.md. Skips nothing silently; exits 1 without CUDA.
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
+
+# For a lent GPU machine with no package index and no Hub (docs/developing.md, "On a lent GPU
+# machine"): gpu-carry/ (git-ignored) holds the wheels it lacks, for CPython 3.12 manylinux x86_64,
+# and the course tokenizer; it prints its size and fails above 40 MiB. gpu-check-offline is what runs
+# there: no setup, the system Python, the carry installed into a temporary folder.
+gpu-carry: setup
+	$(PY) tools/gpu_carry.py
+
+GPU_CHECK_ARGS ?=
+gpu-check-offline:
+	python3 benchmarks/gpu_check.py --offline $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -384,26 +384,28 @@ def available_models(local_only: bool = False) -> list[str]:
     return names
 
 
-def save_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+def save_tiny_model(folder: str | Path, seed: int = 0, tokenizer: str | Path | None = None) -> Path:
     """Save `tiny_model()` and its tokenizer to `folder` → the folder (loadable with load_model).
 
-    Small (a few MB) and self-contained: the GPU check carries it to a machine with no course model.
+    Small (a few MB) and self-contained: the GPU check builds it on a machine with no course model,
+    from a tokenizer folder carried there (`tokenizer`, see tools/gpu_carry.py).
     """
-    model, tok = tiny_model(seed)
+    model, tok = tiny_model(seed, tokenizer=tokenizer)
     folder = Path(folder)
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
     return folder
 
 
-def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
+def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64, tokenizer: str | Path | None = None):
     """A randomly initialised 2-layer Llama with the course tokenizer → (model, tokenizer).
 
     For fast unit tests only: it has the real vocabulary and chat template, but knows nothing.
+    `tokenizer`: a folder holding the course tokenizer alone, for a machine without the course model.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = load_tokenizer(DEFAULT_MODEL)
+    tok = _tokenizer_from(str(tokenizer)) if tokenizer else load_tokenizer(DEFAULT_MODEL)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True,
