@@ -526,7 +526,14 @@ def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float
     path = out / _VAL0_FILE
     if checkpoint is not None and path.is_file():
         return float(json.loads(path.read_text())["val_loss"])
-    metrics = trainer.evaluate()
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    table = trainer.pop_callback(NotebookProgressCallback)  # before training its table could only say "No log"
+    try:
+        metrics = trainer.evaluate()
+    finally:
+        if table is not None:
+            trainer.add_callback(table)
     trainer.state.log_history.clear()  # train() starts a fresh log; keep epoch 0 separately
     path.write_text(json.dumps({"val_loss": metrics["eval_loss"]}))
     return float(metrics["eval_loss"])

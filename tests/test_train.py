@@ -356,6 +356,39 @@ def test_device_cpu_trains_with_the_cpu_recipe_on_a_gpu_machine(tiny, monkeypatc
     assert h.steps == 1 and seen[0].use_cpu and not seen[0].fp16 and seen[0].optim == "adamw_torch"
 
 
+def test_notebook_table_has_no_no_log_row_for_the_epoch_0_evaluation(tiny, tmp_path):
+    """In a notebook transformers' progress table would show epoch 0 as a 'No log' row; labkit keeps the
+    epoch-0 loss in History (and the plot) and the table sees only the evaluations after each epoch."""
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    class Table(NotebookProgressCallback):  # records instead of drawing
+        def __init__(self):
+            super().__init__()
+            self.evaluated_at: list[int] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            pass
+
+        def on_step_end(self, args, state, control, **kwargs):
+            pass
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.evaluated_at.append(state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            pass
+
+    _, tok = tiny
+    table = Table()
+    h = train_sft(_fresh_tiny(), tok, _records(4), _records(2, 100), lora={"r": 4}, epochs=2, batch_size=2,
+                  plot=False, progress=False, output_dir=tmp_path, callbacks=[table])
+    assert len(h.val_loss) == 3  # epoch 0 measured all the same
+    assert table.evaluated_at == [2, 4]  # the two evaluations after the epochs, none before training
+
+
 def test_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
     from trl import SFTTrainer
 
