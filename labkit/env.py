@@ -5,7 +5,7 @@ the course profile, so a notebook never has to branch on hardware itself. It sit
 labkit._compat (which holds torch's private CPU probes) and imports nothing else from labkit; it
 prints nothing, and only `is_offline()` touches the network.
 
-Three switches, read from the environment:
+Four switches, read from the environment:
 - LABKIT_GPU=t4 treats any CUDA GPU as a Colab T4 (no bf16: fp16, gradient checkpointing, paged
   8-bit AdamW), so the T4 path can be exercised on whatever GPU is at hand. Unset or "native": the
   GPU's own capabilities decide.
@@ -13,6 +13,8 @@ Three switches, read from the environment:
   unset: the hardware decides.
 - LABKIT_CPU_DTYPE=fp32 keeps a CPU with native bf16 in fp32 (the reference path, and what every
   other CPU uses); "bf16" asks for bf16 anyway; unset: bf16 exactly where the CPU has native bf16.
+- LABKIT_OFFLINE=1 (like the Hub's HF_HUB_OFFLINE=1): never touch the network; Hub models are
+  refused and the embedded course model is used.
 """
 
 from __future__ import annotations

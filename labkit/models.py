@@ -356,7 +356,7 @@ def _source_and_tokenizer(name: str):
         return source, _tokenizer_from(source)
     if env.is_offline():
         raise ModelError(f"{name!r} comes from the Hugging Face Hub, and this machine is offline "
-                         f"(or HF_HUB_OFFLINE is set). Use the embedded {DEFAULT_MODEL!r} instead.")
+                         f"(or LABKIT_OFFLINE / HF_HUB_OFFLINE is set). Use the embedded {DEFAULT_MODEL!r} instead.")
     return spec.hub_id, load_tokenizer(name)
 
 
