@@ -40,6 +40,9 @@ from xml.etree import ElementTree
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # labkit_dev (the course runner) is tooling of this checkout, not installed
     sys.path.insert(0, str(ROOT))
+
+from labkit.tables import markdown_table  # noqa: E402  (standard library only: safe before the carry is installed)
+
 OUT = ROOT / "build" / "gpu-check"
 MODES = ("native", "t4")
 CARRY = ROOT / "gpu-carry"
@@ -102,11 +105,10 @@ def report_markdown(device: str, tests: dict, notebooks: dict[str, list[dict]], 
         lines += [f"## Mode: {mode}", "", f"GPU tests: {counts}", ""]
         rows = notebooks.get(mode, [])
         if rows:
-            lines += ["| notebook | result | seconds | peak GPU MB | headline |", "|---|---|---:|---:|---|"]
-            for r in rows:
-                result = "not run" if r["ok"] is None else "pass" if r["ok"] else "FAIL"
-                lines.append(f"| {r['notebook']} | {result} | {r['seconds']:.0f} | {r['peak_gpu_mb']:.0f} | {r['headline']} |")
-            lines.append("")
+            lines += [markdown_table([r | {"result": "not run" if r["ok"] is None else "pass" if r["ok"] else "FAIL",
+                                           "seconds": f"{r['seconds']:.0f}", "peak GPU MB": f"{r['peak_gpu_mb']:.0f}"}
+                                      for r in rows], ["notebook", "result", "seconds", "peak GPU MB", "headline"],
+                                     right=["seconds", "peak GPU MB"]), ""]
     if note:
         lines += [note, ""]
     lines += ["## Result", "", *([f"FAILED: {f}" for f in failures] or ["PASSED: everything listed above ran and passed."]), ""]

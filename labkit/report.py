@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from labkit.config import RunConfig, config_to_dict
+from labkit.tables import markdown_table
 
-__all__ = ["write_run_report", "save_loss_curve", "report_markdown", "headline"]
+__all__ = ["write_run_report", "save_loss_curve", "report_markdown", "results_table", "headline"]
 
 HEADLINE_PREFIX = "HEADLINE: "
+METRIC_LABELS = {"exact_match": "exact match", "json_valid": "JSON valid", "f1": "field F1"}
 
 
 def headline(text: str) -> None:
@@ -40,6 +42,20 @@ def _fmt_mb(mb: float) -> str:
     return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
+def results_table(evaluation: dict) -> str:
+    """The evaluated metrics as a Markdown table: base, tuned and the change where the base was scored."""
+    runs = [name for name in ("base", "tuned") if name in evaluation]
+    rows = [{"metric": label} | {name: evaluation[name][key] for name in runs}
+            for key, label in METRIC_LABELS.items() if key in evaluation.get("tuned", {})]
+    if "base" in runs:
+        rows = [row | {"change": row["tuned"] - row["base"]} for row in rows]
+    n = evaluation.get("tuned", {}).get("n")
+    columns = ["metric", *runs, "change"] if "base" in runs else ["metric", *runs]
+    table = markdown_table(rows, columns, right=columns[1:],
+                           fmt=lambda col, v: v if col == "metric" else f"{v:+.1%}" if col == "change" else f"{v:.1%}")
+    return f"{table}\n\nOn {n} held-out records." if table else ""
+
+
 def report_markdown(cfg: RunConfig, summary, history, metrics: dict, max_misses: int = 10) -> str:
     """The report as Markdown: config, data, losses, metrics, misses, time and throughput."""
     import yaml
@@ -49,7 +65,7 @@ def report_markdown(cfg: RunConfig, summary, history, metrics: dict, max_misses:
              f"Model `{cfg.model}` ({cfg.quantization}), LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} on "
              f"{', '.join(cfg.lora_targets)}{' (DoRA)' if cfg.lora.dora else ''}; {tr['processes']} process(es), "
              f"effective batch {tr['effective_batch']}.", "",
-             "## Results", "", "```", ev.get("table", "(not evaluated)"), "```", ""]
+             "## Results", "", results_table(ev) or "(not evaluated)", ""]
     if "probe" in ev:
         p = ev["probe"]
         base = f"base {p['base']:.1%} → " if "base" in p else ""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.config import RunConfig, config_to_dict
+from labkit.report import METRIC_LABELS
 
 __all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "dry_run",
            "train_from_config", "RunResult", "rank", "world_size", "is_main_process", "load_adapter",
@@ -299,8 +300,7 @@ def evaluate_base_and_tuned(cfg: RunConfig, model, tok, test: Sequence[dict], pr
 
 def _metrics_table(table, metrics: Sequence[str]):
     """compare()'s table with only the rows of the configured metrics (evaluation.metrics)."""
-    shown = {"exact_match": "exact match", "json_valid": "JSON valid", "f1": "field F1"}
-    table.rows = [row for row in table.rows if row["metric"] in {shown[m] for m in metrics}]
+    table.rows = [row for row in table.rows if row["metric"] in {METRIC_LABELS[m] for m in metrics}]
     return table
 
 

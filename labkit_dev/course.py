@@ -20,6 +20,7 @@ from pathlib import Path
 from labkit._compat import kernel_pid
 from labkit.memory import peak_rss_mb
 from labkit.report import HEADLINE_PREFIX
+from labkit.tables import markdown_table
 
 # A JupyterLab page, plus: alt text from the output's metadata, a link back to the index, no CDN
 # require.js. Loaded from memory (jinja2 DictLoader), so nothing but this module has to be shipped.
@@ -140,26 +141,17 @@ def _minutes(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
-def _one_line(text: str) -> str:
-    """Text that fits one markdown table cell (an error message can span lines and hold pipes)."""
-    return " ".join(text.split()).replace("|", "\\|")
-
-
 def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> str:
     """The course report: each notebook's time against its budget (over-budget ones flagged)."""
     total = sum(r.seconds for r in runs)
-    lines = [
-        "# Course runtime report",
-        "",
-        f"Budget: {_minutes(budget)} (m:ss) per notebook on this machine.",
-        "",
-        f"| notebook | time | of the {_minutes(budget)} budget | peak MB | result | headline |",
-        "|---|---:|---|---:|---|---|",
-    ]
-    for r in runs:
-        status = "pass" if r.ok else f"FAIL: {_one_line(r.error)}"
-        used = f"{r.seconds / budget:.0%}" if r.seconds <= budget else f"**OVER** ({r.seconds / budget:.0%})"
-        lines.append(f"| {r.name} | {_minutes(r.seconds)} | {used} | {r.peak_mb:.0f} | {status} | {r.headline} |")
+    share = f"of the {_minutes(budget)} budget"
+    rows = [{"notebook": r.name, "time": _minutes(r.seconds),
+             share: f"{r.seconds / budget:.0%}" if r.seconds <= budget else f"**OVER** ({r.seconds / budget:.0%})",
+             "peak MB": f"{r.peak_mb:.0f}", "result": "pass" if r.ok else f"FAIL: {r.error}", "headline": r.headline}
+            for r in runs]
+    lines = ["# Course runtime report", "", f"Budget: {_minutes(budget)} (m:ss) per notebook on this machine.", "",
+             markdown_table(rows, ["notebook", "time", share, "peak MB", "result", "headline"],
+                            right=["time", "peak MB"])]
     n_ok = sum(r.ok for r in runs)
     over = [r.name for r in runs if r.seconds > budget]
     lines += ["", f"Total: {total / 60:.1f} min, {n_ok}/{len(runs)} notebooks passed."]

@@ -159,3 +159,16 @@ def test_report_table_shows_only_the_configured_metrics():
     tuned = EvalResult(0.5, 0.0, 0.5, 2, ["1", "y"], ["1", "2"], "tuned")
     text = str(_metrics_table(compare(base, tuned), ["exact_match"]))
     assert "exact match  0.0%  50.0%  +50.0%" in text and "JSON valid" not in text and "field F1" not in text
+
+
+def test_run_report_results_are_a_markdown_table_of_the_evaluated_metrics():
+    from labkit.report import results_table
+
+    both = {"base": {"exact_match": 0.0, "f1": 0.25, "n": 4, "n_correct": 0},
+            "tuned": {"exact_match": 0.5, "f1": 0.75, "n": 4, "n_correct": 2}}
+    text = results_table(both)
+    assert "| metric | base | tuned | change |\n|---|---:|---:|---:|" in text
+    assert "| exact match | 0.0% | 50.0% | +50.0% |" in text and "| field F1 | 25.0% | 75.0% | +50.0% |" in text
+    assert "JSON valid" not in text and "On 4 held-out records." in text
+    assert "| exact match | 50.0% |" in results_table({"tuned": both["tuned"]})  # no base: no change column
+    assert results_table({}) == ""

@@ -119,3 +119,13 @@ def test_the_one_table_renderer_aligns_and_rules():
     assert render(rows, sep=" | ", rule="-+-") == "name | n\n-----+----\na    | 1\nlong | 100"
     assert render(rows, rule="  ", right_align=True, title="T") == "T\nname  n\n----  ---\na       1\nlong  100"
     assert render([]) == ""
+
+
+def test_the_one_markdown_table_keeps_each_row_on_one_line():
+    from labkit.tables import markdown_table
+
+    rows = [{"name": "a", "n": 1}, {"name": "error\nfrom a | b", "n": None}]
+    assert markdown_table(rows, right=["n"]) == ("| name | n |\n|---|---:|\n| a | 1 |\n"
+                                                 "| error from a \\| b |  |")
+    assert markdown_table(rows, ["n"], fmt=lambda col, v: f"<{v}>") == "| n |\n|---|\n| <1> |\n| <None> |"
+    assert markdown_table([]) == ""
