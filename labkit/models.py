@@ -145,10 +145,13 @@ def _quiet_gguf_load(fn, *args, **kwargs):
         hf_logging.set_verbosity(level)
 
 
-def load_tokenizer(name: str = DEFAULT_MODEL):
-    """The course tokenizer, with a pad token that is not EOS (see `_set_pad_token`)."""
+def load_tokenizer(name: str | Path = DEFAULT_MODEL):
+    """The course tokenizer (a registry name, or a local folder as for load_model), with a pad token
+    that is not EOS (see `_set_pad_token`)."""
     from transformers import AutoTokenizer
 
+    if Path(name).is_dir():
+        return _tokenizer_from(str(name))
     env.library_defaults()
     spec = get_spec(name)
     if spec.embedded:

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 from transformers import TrainerCallback
 
 from labkit.alignment import (
@@ -228,7 +229,7 @@ def tiny_dpo():
     """One short DPO run of fresh LoRA adapters on the tiny model (a fresh copy: the session one stays clean)."""
     from labkit.models import tiny_model
 
-    model, tok = tiny_model(seed=1)
+    model, tok = tiny_model(seed=1, tokenizer=tiny_tokenizer_dir())
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     pairs = _pairs(16)
     h = train_dpo(model, tok, pairs[:12], pairs[12:], lora={"r": 4, "alpha": 8, "dropout": 0.0}, epochs=2,
@@ -273,7 +274,7 @@ def test_train_dpo_refuses_new_adapters_on_a_peft_model(tiny):
     from labkit.lora import add_lora
     from labkit.models import tiny_model
 
-    model, tok = tiny_model(seed=2)
+    model, tok = tiny_model(seed=2, tokenizer=tiny_tokenizer_dir())
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         train_dpo(add_lora(model, r=2), tok, _pairs(4), batch_size=2, lora={"r": 2}, plot=False)
 
@@ -306,14 +307,14 @@ def test_interrupted_dpo_run_resumes_to_the_same_adapter(tmp_path):
     pairs = _pairs(12)
     kw = dict(lora={"r": 4, "alpha": 8, "dropout": 0.0}, epochs=2, batch_size=4, learning_rate=1e-2,
               max_length=64, plot=False, progress=False, seed=0)
-    tok = tiny_model(seed=3)[1]
-    full = train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "full", **kw)
+    tok = tiny_model(seed=3, tokenizer=tiny_tokenizer_dir())[1]
+    full = train_dpo(tiny_model(seed=3, tokenizer=tiny_tokenizer_dir())[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "full", **kw)
     assert full.steps == 4 and (tmp_path / "full" / "checkpoint-2").is_dir()
     with pytest.raises(_Crash):
-        train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
+        train_dpo(tiny_model(seed=3, tokenizer=tiny_tokenizer_dir())[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
                   callbacks=[_CrashAfter(3)], **kw)
     ran = _StepsRun()
-    resumed = train_dpo(tiny_model(seed=3)[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
+    resumed = train_dpo(tiny_model(seed=3, tokenizer=tiny_tokenizer_dir())[0], tok, pairs[:8], pairs[8:], output_dir=tmp_path / "run",
                         resume=True, callbacks=[ran], **kw)
     assert resumed.steps == 4 and ran.steps == [3, 4]  # it continued from checkpoint-2, not from the start
     assert resumed.loss == pytest.approx(full.loss, abs=1e-4)  # the checkpoint carries steps 1-2's log
@@ -335,7 +336,7 @@ def test_dpo_cuda_oom_is_explained(tiny, monkeypatch, tmp_path):
 
     monkeypatch.setattr(DPOTrainer, "train", boom)
     with pytest.raises(RuntimeError, match=r"batch_size \(now 2.*max_length \(now 64.*gradient_checkpointing"):
-        train_dpo(tiny_model(seed=4)[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_length=64,
+        train_dpo(tiny_model(seed=4, tokenizer=tiny_tokenizer_dir())[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_length=64,
                   plot=False, progress=False, output_dir=tmp_path)
 
 
@@ -352,7 +353,7 @@ def test_dpo_takes_the_device_recipe_it_is_given(tiny, monkeypatch, tmp_path):
         def on_train_begin(self, args, state, control, **kwargs):
             seen.append(args)
 
-    h = train_dpo(tiny_model(seed=5)[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_steps=1, plot=False,
+    h = train_dpo(tiny_model(seed=5, tokenizer=tiny_tokenizer_dir())[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_steps=1, plot=False,
                   progress=False, output_dir=tmp_path, device="cpu", callbacks=[Args()])
     assert h.steps == 1 and seen[0].use_cpu and not seen[0].fp16 and seen[0].optim == "adamw_torch"
 

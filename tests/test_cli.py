@@ -3,15 +3,18 @@
 import json
 
 import pytest
+from conftest import tiny_tokenizer_dir
 
 from labkit import cli
 
 
+@pytest.mark.course_model  # without it the doctor's models line is a FAIL, as it should be
 def test_doctor_exits_zero_when_nothing_fails(capsys):
     assert cli.main(["doctor"]) == 0
     assert "doctor: 0 FAIL" in capsys.readouterr().out
 
 
+@pytest.mark.course_model
 def test_cache_prints_the_model_folder(capsys):
     assert cli.main(["cache"]) == 0
     assert "smollm2-135m" in capsys.readouterr().out
@@ -82,7 +85,7 @@ def tiny_config(tmp_path_factory):
     from labkit.models import tiny_model
 
     root = tmp_path_factory.mktemp("tiny-run")
-    model, tok = tiny_model()
+    model, tok = tiny_model(tokenizer=tiny_tokenizer_dir())
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     cfg = root / "tiny.yaml"

@@ -206,13 +206,6 @@ def test_not_a_mapping_and_not_found(tmp_path):
 # Records through the config: bad lines name file and line; drops are reported
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from labkit.models import load_tokenizer
-
-    return load_tokenizer()
-
-
 def _records_config(tmp_path: Path, lines: list[str], extra: str = "") -> RunConfig:
     (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n")
     return load_config(write(tmp_path, f"data: {{train: mine.jsonl{extra}}}\n"))

@@ -26,14 +26,6 @@ from labkit.data import (
 )
 from labkit.exercises import check_clean, check_to_record
 
-
-@pytest.fixture(scope="module")
-def tok():
-    from labkit.models import load_tokenizer
-
-    return load_tokenizer()
-
-
 # ---------------------------------------------------------------------------------------------
 # templates
 
@@ -248,8 +240,9 @@ def test_tokenize_with_labels_alpaca_chat_and_limits(tok):
     assert len(short["input_ids"]) == 14 and any("truncated" in str(x.message) for x in w)
     with pytest.raises(ValueError, match="no answer"):
         tokenize_with_labels(to_record("Q " * 50, "A"), tok, max_length=14)
-    with pytest.warns(UserWarning, match="merge across"):  # "Say" + "ing" tokenises as one token
-        tokenize_with_labels({"prompt": "Say", "completion": "ing"}, tok)
+    assert tok.tokenize("Total") == ["Total"]
+    with pytest.warns(UserWarning, match="merge across"):  # "Tot" + "al" tokenises as the one token "Total"
+        tokenize_with_labels({"prompt": "Tot", "completion": "al"}, tok)
 
 
 def test_check_template():

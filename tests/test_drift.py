@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -130,7 +131,7 @@ def test_from_pretrained_takes_the_arguments_labkit_passes(tmp_path):
 
     from labkit.models import tiny_model
 
-    tiny_model()[0].save_pretrained(tmp_path, safe_serialization=True)
+    tiny_model(tokenizer=tiny_tokenizer_dir())[0].save_pretrained(tmp_path, safe_serialization=True)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, use_safetensors=True,
                                                  trust_remote_code=False, device_map={"": "cpu"})
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
@@ -248,7 +249,7 @@ def test_trl_casts_qlora_adapters_to_bf16_and_labkit_can_undo_it(tmp_path):
     from labkit.lora import add_lora
     from labkit.train import _fp32_master_weights, records_to_dataset, sft_config_kwargs
 
-    folder = models.save_tiny_model(tmp_path / "tiny")
+    folder = models.save_tiny_model(tmp_path / "tiny", tokenizer=tiny_tokenizer_dir())
     model, tok = models.load_model(str(folder), quantization="nf4")
     peft_model = add_lora(model, r=4)
     recs = [{"prompt": "Q: 1+1?\nA:", "completion": " 2"}] * 4

@@ -75,6 +75,7 @@ def test_targets_are_consistent_json_extractable_from_text(generated):
             assert f"{data['total']:.2f}" in shown and str(data["total"]) == f"{data['total']:.2f}"
 
 
+@pytest.mark.course_model  # the lengths are in the course tokenizer's tokens
 def test_records_are_short(generated):
     from labkit.models import load_tokenizer
 

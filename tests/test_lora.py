@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 from torch import nn
 
 from labkit.lora import (
@@ -184,7 +185,7 @@ def test_merge_and_verify_errors(tiny):
     model, tok = tiny
     peft_model = add_lora(copy.deepcopy(model), r=4, alpha=8)
     with pytest.raises(LoRAError, match="probably not the base"):
-        merge_and_verify(peft_model, tiny_model(seed=1)[0], tokenizer=tok)
+        merge_and_verify(peft_model, tiny_model(seed=1, tokenizer=tiny_tokenizer_dir())[0], tokenizer=tok)
     with pytest.raises(LoRAError, match="already contains LoRA layers"):
         merge_and_verify(peft_model, peft_model.get_base_model())
     with pytest.raises(LoRAError, match="needs a PeftModel"):

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 
 from labkit import env, models
 
@@ -82,7 +83,26 @@ def test_hub_model_offline_is_refused_without_network(monkeypatch):
     with pytest.raises(models.ModelError, match="offline"):
         models.load_model("smollm2-360m")
     assert "smollm2-360m" not in models.available_models()
+
+
+@pytest.mark.course_model
+def test_the_embedded_model_is_available_offline():
     assert models.available_models(local_only=True) == ["smollm2-135m"]
+
+
+@pytest.mark.course_model
+def test_the_tests_tiny_tokenizer_is_shaped_like_the_course_one():
+    """conftest's tiny tokenizer stands in for the course one in fast tests: same special tokens at the
+    same ids, same chat template, same rendering of a chat, same pad choice."""
+    tiny = models.load_tokenizer(tiny_tokenizer_dir())
+    course = models.load_tokenizer()
+    assert tiny.chat_template == course.chat_template
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        assert (getattr(tiny, name), getattr(tiny, f"{name}_id")) == (getattr(course, name), getattr(course, f"{name}_id"))
+    chat = [{"role": "user", "content": "Total of 2 x 3.50?"}, {"role": "assistant", "content": "7.00"}]
+    assert tiny.apply_chat_template(chat, tokenize=False) == course.apply_chat_template(chat, tokenize=False)
+    text = "Invoice: 3 x apples at $2.50<|im_end|>"
+    assert tiny.decode(tiny(text)["input_ids"]) == course.decode(course(text)["input_ids"]) == text
 
 
 def test_cache_dir_override(monkeypatch, tmp_path):
@@ -98,8 +118,7 @@ def test_tiny_model_has_course_tokenizer_and_pad_not_eos(tiny):
     assert model.config.vocab_size == len(tok)
 
 
-def test_pad_token_fallback_when_pad_is_eos():
-    tok = models.load_tokenizer()
+def test_pad_token_fallback_when_pad_is_eos(tok):
     tok.pad_token = tok.eos_token  # what SmolLM2 ships with
     models._set_pad_token(tok)
     assert tok.pad_token == "<|endoftext|>"
@@ -190,7 +209,7 @@ def test_hub_model_on_gpu_when_online_embedded_when_offline(monkeypatch, capsys)
 def test_load_model_reads_a_local_folder_in_full_precision_and_nf4(tmp_path):
     import bitsandbytes as bnb
 
-    folder = models.save_tiny_model(tmp_path / "tiny")
+    folder = models.save_tiny_model(tmp_path / "tiny", tokenizer=tiny_tokenizer_dir())
     model, tok = models.load_model(str(folder))
     assert model.dtype == env.compute_dtype("cpu") and tok.pad_token_id != tok.eos_token_id
     assert model.config._attn_implementation == env.attention_implementation("cpu", model.dtype)
@@ -208,7 +227,7 @@ def test_nf4_under_fsdp_stores_weights_in_the_compute_dtype_and_lets_fsdp_place_
 
     assert "bnb_4bit_quant_storage" not in models.bnb_kwargs("nf4", torch.bfloat16)
     assert models.bnb_kwargs("nf4", torch.bfloat16, fsdp=True)["bnb_4bit_quant_storage"] == torch.bfloat16
-    folder = models.save_tiny_model(tmp_path / "tiny")
+    folder = models.save_tiny_model(tmp_path / "tiny", tokenizer=tiny_tokenizer_dir())
     seen = []
 
     def spy(*args, **kwargs):
@@ -260,6 +279,7 @@ def test_pad_falls_back_to_eos_with_one_warning_that_says_what_it_means():
         models._set_pad_token(_EosOnlyTokenizer("eos-only-b", pad="</s>"))
 
 
+@pytest.mark.course_model
 def test_course_tokenizer_pads_without_a_warning():
     import warnings
 

@@ -1,6 +1,7 @@
 """Checks of the experiment exercises (E5: forgetting, E6: a bad fine-tune), on made-up numbers."""
 
 import pytest
+from conftest import tiny_tokenizer_dir
 
 from labkit.exercises import check_forgetting, check_overfitting, check_rank_choice
 from labkit.exercises.experiments import ablation_table
@@ -107,7 +108,7 @@ def test_val_loss_of_is_the_token_weighted_mean_of_the_records_losses():
     from labkit.exercises.experiments import val_loss_of
     from labkit.models import tiny_model
 
-    model, tok = tiny_model()
+    model, tok = tiny_model(tokenizer=tiny_tokenizer_dir())
     records = [to_record("Hi?", "Hello there, how are you today?"), to_record("Capital of France?", "Paris.")]
     losses, counts = [], []
     for r in records:

@@ -1,6 +1,7 @@
 """report_to="tensorboard": a real (tiny) run writes event files in its own folder, read back as numbers."""
 
 import pytest
+from conftest import tiny_tokenizer_dir
 
 pytest.importorskip("tensorboard", reason="the dev extra installs tensorboard")
 
@@ -16,7 +17,7 @@ def _records(n: int) -> list[dict]:
 
 def test_tensorboard_event_files_hold_the_runs_losses(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # event files must not land in the working directory's ./runs
-    model, tok = tiny_model(seed=0)
+    model, tok = tiny_model(seed=0, tokenizer=tiny_tokenizer_dir())
     h = train_sft(model, tok, _records(6), _records(2), lora={"r": 4}, epochs=2, batch_size=2, plot=False,
                   progress=False, output_dir=tmp_path / "run", report_to="tensorboard")
     assert not (tmp_path / "runs").exists()
@@ -39,7 +40,7 @@ def test_no_event_files_is_explained(tmp_path):
 
 
 def test_reporting_stays_off_by_default(tmp_path):
-    model, tok = tiny_model(seed=0)
+    model, tok = tiny_model(seed=0, tokenizer=tiny_tokenizer_dir())
     h = train_sft(model, tok, _records(4), lora={"r": 4}, max_steps=1, batch_size=2, plot=False, progress=False,
                   output_dir=tmp_path / "run")
     assert h.steps == 1 and not (tmp_path / "run" / "runs").exists()

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 from transformers import TrainerCallback
 
 from labkit import env
@@ -212,7 +213,7 @@ def test_cpu_fused_head_scores_answer_tokens_only_with_same_loss_and_gradients()
     from labkit.data import tokenize_with_labels
     from labkit.models import tiny_model
 
-    model, tok = tiny_model(seed=3)
+    model, tok = tiny_model(seed=3, tokenizer=tiny_tokenizer_dir())
     model.train()
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     encoded = [tokenize_with_labels(r, tok) for r in _records(3)]  # prompt masked, as in training
@@ -298,7 +299,7 @@ def test_gradient_check_fires_on_packed_nf4_layer():
 def _fresh_tiny():
     from labkit.models import tiny_model
 
-    return tiny_model(seed=0)[0]
+    return tiny_model(seed=0, tokenizer=tiny_tokenizer_dir())[0]
 
 
 class _Crash(Exception):
