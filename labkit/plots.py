@@ -6,6 +6,8 @@ when none is given) and returns the Axes, so a notebook can add to it or a test 
 
 from __future__ import annotations
 
+import sys
+
 import matplotlib.pyplot as plt  # noqa: F401
 
 # ------------------------------------------------------------------------------------------------
@@ -141,13 +143,18 @@ class LivePreferencePlot(_LiveFigure):
 
 
 def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
+    """True in a Jupyter kernel (JupyterLab, VS Code, Colab, nbclient), where one display updates in
+    place; False in a terminal IPython, a script or a test.
 
-        shell = get_ipython()
-    except ImportError:
+    By class, never by name: Colab's shell is a subclass of ipykernel's ZMQInteractiveShell named
+    `Shell`. A kernel imports ipykernel before any cell runs, so the class is looked up, not imported.
+    """
+    zmqshell = sys.modules.get("ipykernel.zmqshell")
+    if zmqshell is None:
         return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    from IPython import get_ipython  # installed with ipykernel
+
+    return isinstance(get_ipython(), zmqshell.ZMQInteractiveShell)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ one per live loss plot, and a quiet terminal."""
 import base64
 import hashlib
 import re
+import sys
 
 import matplotlib.pyplot as plt
 import nbformat
@@ -54,6 +55,22 @@ def test_live_plot_headless_draws_only_the_final_figure_and_leaves_pyplot_empty(
     ax = live.fig.axes[0]
     assert [len(line.get_xdata()) for line in ax.lines][:2] == [3, 2]  # train curve, val curve
     assert plt.get_fignums() == before  # detached from pyplot: nothing else will show it
+
+
+def test_live_plots_know_a_kernel_by_its_shell_class_not_its_name(monkeypatch):
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    from labkit.plots import _in_notebook
+
+    colab = type("Shell", (ZMQInteractiveShell,), {})  # Colab's kernel shell: a subclass, another name
+    impostor = type("ZMQInteractiveShell", (), {})  # the right name on the wrong class
+    for shell, expected in ((colab.__new__(colab), True), (impostor(), False), (None, False)):
+        monkeypatch.setattr(IPython, "get_ipython", lambda shell=shell: shell)
+        assert _in_notebook() is expected, shell
+    monkeypatch.setattr(IPython, "get_ipython", lambda: colab.__new__(colab))
+    monkeypatch.delitem(sys.modules, "ipykernel.zmqshell")  # no kernel has loaded ipykernel: a script
+    assert _in_notebook() is False
 
 
 @pytest.mark.slow
