@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from labkit.data import PROMPT_TEMPLATE, RecordError, read_jsonl, tokenize_with_labels, validate_records
+from labkit.evaluate import field_scores
+from labkit.models import eval_mode
 from labkit.train import RunStats, TrainingRun, device_training_kwargs
 
 # ------------------------------------------------------------------------------------------------
@@ -71,9 +76,6 @@ def concise_pairs(split: str = "train") -> list[dict[str, str]]:
     64 everyday questions shipped with labkit; every 4th one is held out ("test": 16, "train": 48,
     "all": 64). Prompts use the course template (labkit.data.PROMPT_TEMPLATE), as every record does.
     """
-
-    from labkit.data import PROMPT_TEMPLATE, read_jsonl
-
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}.")
     rows = [row for _, row in read_jsonl(CONCISE_PATH)]
@@ -132,11 +134,6 @@ def completion_logprob(model, tokenizer, prompt: str, completion: str) -> float:
     rejected one (each relative to a frozen reference copy of the SFT model). Tokenised like an
     SFT record (`labkit.data.tokenize_with_labels`): prompt tokens are context, answer + EOS scored.
     """
-    import torch
-
-    from labkit.data import tokenize_with_labels
-    from labkit.models import eval_mode
-
     enc = tokenize_with_labels({"prompt": prompt, "completion": completion}, tokenizer)
     device = next(model.parameters()).device
     ids = torch.tensor([enc["input_ids"]], device=device)
@@ -252,8 +249,6 @@ def dpo_history_from_log(log_history: Sequence[dict], val0: float | None = None)
 
 def validate_preferences(records: Sequence[dict], name: str = "train") -> None:
     """labkit.data.validate_records for pairs, plus: chosen must differ from rejected."""
-    from labkit.data import RecordError, validate_records
-
     validate_records(records, name, fields=("prompt", "chosen", "rejected"))
     for i, rec in enumerate(records):
         if rec["chosen"].strip() == rec["rejected"].strip():
@@ -343,8 +338,6 @@ def invoice_reward(completion: str, reference: str) -> float:
     1.0 for a fully correct answer, partial credit for some right fields, 0.0 for anything that is
     not JSON. No reward model is needed: a program checks the answer, so it can't be flattered.
     """
-    from labkit.evaluate import field_scores
-
     return float(field_scores([completion], [reference])["f1"])
 
 

@@ -9,7 +9,13 @@ Running the whole course headless is course tooling, in a checkout: `python -m l
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 _TRAIN_EXAMPLES = """examples:
   labkit train examples/invoices.yaml --dry-run     check the config and data, show sizes; train nothing
@@ -38,11 +44,9 @@ _MERGE_EXAMPLES = """examples:
 def examples_home() -> str:
     """Where the examples/ folder of run configs lives for an installed labkit (which does not ship it):
     the course repository, from the wheel's metadata (pyproject's [project.urls] Repository)."""
-    from importlib.metadata import PackageNotFoundError, metadata
-
     try:
-        urls = metadata("labkit").get_all("Project-URL") or []
-    except PackageNotFoundError:
+        urls = importlib.metadata.metadata("labkit").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
         urls = []
     repo = next((u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository,")), "")
     return f"the course repository, {repo}" if repo else "the course repository"
@@ -125,11 +129,6 @@ def _grade(argv: list[str]) -> int:
     """`labkit grade ...` runs `python -m labkit_dev.grade ...`: grading executes notebooks (nbclient,
     the [lab] extra), course tooling the kit never imports, so it runs as a process of its own,
     from the course checkout at or above the working directory."""
-    import importlib.util
-    import os
-    import subprocess
-    from pathlib import Path
-
     here = Path.cwd().resolve()
     root = next((d for d in (here, *here.parents) if (d / "labkit_dev" / "grade.py").is_file()), None)
     if root is None and importlib.util.find_spec("labkit_dev") is None:
@@ -174,8 +173,6 @@ def _quiet() -> None:
 
 
 def _eval(args) -> int:
-    from pathlib import Path
-
     from labkit.config import load_config
     from labkit.run import ADAPTER_CONFIG, evaluate_adapter
 
@@ -199,8 +196,6 @@ def _eval(args) -> int:
 
 
 def _chat(args) -> int:
-    import contextlib
-
     from labkit.run import load_adapter, prompt_for
 
     model, tok, cfg = load_adapter(args.adapter)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import textwrap
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 
 import torch
+from tqdm.auto import tqdm
 
-from labkit.data import validate_records
+from labkit.data import tokenize_with_labels, validate_records
 from labkit.models import eval_mode
 from labkit.probe import ProbeResult, general_probe, load_probe, mean_kl  # noqa: F401 - re-exported
 from labkit.tables import format_table
@@ -39,7 +41,6 @@ __all__ = [
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
@@ -95,10 +96,6 @@ def answer_loss(model, tokenizer, records: Sequence[dict], per: str = "record") 
     device; only the scalar comes back. Prompts that do not end in a newline warn about token
     merging: silenced, since lesson 06 does that on purpose.
     """
-    import warnings
-
-    from labkit.data import tokenize_with_labels
-
     if per not in ("record", "token"):
         raise ValueError(f"per must be 'record' or 'token', not {per!r}.")
     validate_records(records, "answer_loss")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from labkit import env
@@ -181,7 +182,6 @@ def ensure_cached(name: str = DEFAULT_MODEL, *, verbose: bool = True) -> Path:
     folder = cache_dir() / spec.name
     if _cache_is_complete(folder):
         return folder
-    from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Two processes (two notebooks, two torchrun ranks) may convert at once: one converts, the

@@ -7,6 +7,7 @@ when none is given) and returns the Axes, so a notebook can add to it or a test 
 from __future__ import annotations
 
 import sys
+import time
 
 import matplotlib.pyplot as plt  # noqa: F401
 
@@ -72,8 +73,6 @@ class _LiveFigure:
         raise NotImplementedError
 
     def update(self, history, final: bool = False) -> None:
-        import time
-
         now = time.monotonic()
         if not final and (not self.live or now - self._last < self.min_interval):
             return

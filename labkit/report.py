@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from labkit.config import RunConfig, config_to_dict
 from labkit.tables import markdown_table
 
@@ -58,8 +60,6 @@ def results_table(evaluation: dict) -> str:
 
 def report_markdown(cfg: RunConfig, summary, history, metrics: dict, max_misses: int = 10) -> str:
     """The report as Markdown: config, data, losses, metrics, misses, time and throughput."""
-    import yaml
-
     tr, ev = metrics["training"], metrics.get("evaluation", {})
     lines = [f"# Run report: {cfg.name or 'run'}", "",
              f"Model `{cfg.model}` ({cfg.quantization}), LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} on "

@@ -24,8 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.config import RunConfig, config_to_dict
-from labkit.report import METRIC_LABELS
+import yaml
+
+from labkit._compat import checkpointing_key
+from labkit.config import ConfigError, RunConfig, config_to_dict, load_config
+from labkit.data import (
+    _PROMPT_RE,
+    clean,
+    course_dataset,
+    find_overlap,
+    format_prompt,
+    load_records,
+    split,
+    validate_records,
+)
+from labkit.evaluate import compare, evaluate_records
+from labkit.lora import add_lora, count_parameters, merge_and_verify, save_adapter
+from labkit.memory import estimate_training_memory
+from labkit.models import REGISTRY, load_model
+from labkit.probe import general_probe
+from labkit.report import METRIC_LABELS, write_run_report
+from labkit.train import train_sft
 
 __all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "dry_run",
            "train_from_config", "RunResult", "rank", "world_size", "is_main_process", "load_adapter",
@@ -85,8 +104,6 @@ class PreparedData:
 
 def _load_splits(cfg: RunConfig) -> tuple[dict[str, list[dict]], str]:
     """The three splits, as load_records returns them, before limits and cleaning."""
-    from labkit.data import course_dataset, load_records, split
-
     d = cfg.data
     if d.course is not None:
         sets = course_dataset(d.course)
@@ -106,8 +123,6 @@ def _load_splits(cfg: RunConfig) -> tuple[dict[str, list[dict]], str]:
 
 def _to_prompt_completion(record: dict, template: str, tokenizer) -> dict:
     """Any loaded record → prompt/completion in the chosen template (the text the model sees)."""
-    from labkit.data import _PROMPT_RE, format_prompt
-
     if "messages" in record:
         msgs = record["messages"]
         if msgs[-1]["role"] != "assistant":
@@ -132,8 +147,6 @@ def _to_prompt_completion(record: dict, template: str, tokenizer) -> dict:
 
 def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
     """Load, limit, template, clean (train) and length-check the records; every drop is reported."""
-    from labkit.data import clean, find_overlap, validate_records
-
     sets, source = _load_splits(cfg)
     d = cfg.data
     loaded = {k: len(v) for k, v in sets.items()}
@@ -177,8 +190,6 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
 
 def load_base(name: str, quantization: str | None):
     """A course model by registry name, or a local model folder (labkit.models.load_model takes both)."""
-    from labkit.models import load_model
-
     return load_model(name, quantization=quantization)
 
 
@@ -191,8 +202,6 @@ def lora_keywords(cfg: RunConfig) -> dict[str, Any]:
 def load_adapter(adapter_dir: str | Path) -> tuple[Any, Any, RunConfig]:
     """An adapter folder written by a run → (PeftModel on its base, tokenizer, the run's config)."""
     from peft import PeftModel
-
-    from labkit.config import ConfigError, load_config
 
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "adapter").is_dir() and not (adapter_dir / "adapter_config.json").is_file():
@@ -219,12 +228,8 @@ def effective_batch(cfg: RunConfig, processes: int | None = None) -> int:
 
 def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Validate everything a run needs and say what it would do; trains nothing. → the numbers printed."""
-    from labkit.lora import count_parameters
-    from labkit.memory import estimate_training_memory
-
     model, tok = load_base(cfg.model, cfg.quantization_arg)
     data = prepare_data(cfg, tok)
-    from labkit.lora import add_lora
 
     model = add_lora(model, **lora_keywords(cfg))
     params = count_parameters(model)
@@ -272,9 +277,6 @@ def _max_new_tokens(cfg: RunConfig, tok, test: Sequence[dict]) -> int:
 
 def evaluate_base_and_tuned(cfg: RunConfig, model, tok, test: Sequence[dict], progress: bool = True) -> dict:
     """Tuned (adapters on) and base (adapters off, same weights otherwise) on the test records → metrics."""
-    from labkit.evaluate import compare, evaluate_records
-    from labkit.probe import general_probe
-
     kw = dict(max_new_tokens=_max_new_tokens(cfg, tok, test), batch_size=cfg.evaluation.batch_size,
               progress=progress)
     tuned = evaluate_records(model, tok, test, name="tuned", **kw)
@@ -306,9 +308,6 @@ def _metrics_table(table, metrics: Sequence[str]):
 
 def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bool, progress: bool,
            callbacks: Sequence) -> Any:
-    from labkit._compat import checkpointing_key
-    from labkit.train import train_sft
-
     t = cfg.training
     overrides: dict[str, Any] = {"ddp_timeout": t.timeout_s, "report_to": cfg.reporters or "none"}
     if not t.group_by_length:
@@ -339,13 +338,11 @@ def train_from_config(cfg: RunConfig, resume: bool = False, progress: bool = Tru
     metrics: dict[str, Any] = {"training": _training_metrics(history, train_s, cfg)}
     if not is_main_process():
         return RunResult(out, metrics, history, model, written=False)
-    from labkit.lora import save_adapter
 
     metrics["evaluation"] = evaluate_base_and_tuned(cfg, model, tok, data.test, progress=progress)
     metrics["wall_seconds"] = time.perf_counter() - start
     save_adapter(model, out / "adapter")
     _write_adapter_config(cfg, out / "adapter" / ADAPTER_CONFIG)
-    from labkit.report import write_run_report
 
     write_run_report(out, cfg, data.summary, history, metrics)
     return RunResult(out, metrics, history, model, written=True)
@@ -365,8 +362,6 @@ def _training_metrics(history, train_s: float, cfg: RunConfig) -> dict:
 
 def _write_adapter_config(cfg: RunConfig, path: Path) -> None:
     """The config the adapter came from, with the base model as an absolute folder if it is one."""
-    import yaml
-
     d = config_to_dict(cfg)
     if Path(cfg.model).expanduser().is_dir():
         d["model"] = str(Path(cfg.model).expanduser().resolve())
@@ -396,9 +391,6 @@ def prompt_for(cfg: RunConfig, tokenizer, text: str) -> str:
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path):
     """Merge into a full-precision base (labkit.lora.merge_and_verify), save safetensors → the MergeReport."""
-    from labkit.lora import merge_and_verify
-    from labkit.models import REGISTRY
-
     model, tok, cfg = load_adapter(adapter_dir)
     base_source: Any = cfg.model if cfg.model in REGISTRY else load_base(cfg.model, None)[0]
     report = merge_and_verify(model, base_source=base_source, tokenizer=tok)
