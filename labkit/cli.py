@@ -117,6 +117,9 @@ def _export_parser(export: argparse.ArgumentParser) -> None:
                       help="f32, f16, bf16 or q8_0; repeat for several (default: f16 and q8_0). "
                            "The Modelfile runs the first")
     gguf.add_argument("--name", help="file name stem (default: the model folder's name)")
+    gguf.add_argument("--template", choices=["chat", "course"], help="the prompt format the Modelfile uses, as the "
+                      "model was trained (default: data.template of the labkit.yaml that labkit train / labkit "
+                      "merge leave in the folder; chat when there is none)")
     gguf.add_argument("--no-verify", action="store_true", help="skip loading the files back (faster; unchecked)")
 
 
@@ -272,18 +275,28 @@ def _export(args) -> int:
 
     source = Path(args.model)
     adapter = source / "adapter" if (source / "adapter" / "adapter_config.json").is_file() else source
-    types = args.types or ["f16", "q8_0"]
+    options = dict(types=args.types or ["f16", "q8_0"], verify=not args.no_verify,
+                   template=args.template or _trained_template(adapter))
     with tempfile.TemporaryDirectory(prefix="labkit-merged-") as tmp:
         if (adapter / "adapter_config.json").is_file():
             from labkit.run import merge_adapter
 
             print(merge_adapter(adapter, tmp))
             name = args.name or (adapter.resolve().parent.name if adapter.name == "adapter" else adapter.name)
-            report = export_gguf(tmp, args.out, types, verify=not args.no_verify, name=name)
+            report = export_gguf(tmp, args.out, name=name, **options)
         else:
-            report = export_gguf(args.model, args.out, types, verify=not args.no_verify, name=args.name)
+            report = export_gguf(args.model, args.out, name=args.name, **options)
     print(report)
     return 0
+
+
+def _trained_template(folder) -> str:
+    """data.template of the run config kept in an adapter or merged folder; "chat" without one."""
+    from labkit.config import load_config
+    from labkit.run import ADAPTER_CONFIG
+
+    own = folder / ADAPTER_CONFIG
+    return load_config(own, check_files=False).data.template if own.is_file() else "chat"
 
 
 if __name__ == "__main__":

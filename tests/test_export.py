@@ -35,7 +35,7 @@ def tiny_dir(tmp_path_factory):
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "q_proj" in name or "k_proj" in name:
-                param.mul_(20)  # peaked attention: the rotary layout now changes the logits
+                param.mul_(8)  # peaked attention: the rotary layout now changes the logits
     folder = tmp_path_factory.mktemp("gguf") / "tiny"
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
@@ -69,7 +69,7 @@ def test_a_file_without_the_rotary_permutation_is_caught(tiny_dir, exported):
           f"{entry.relative_diff:.3g}, top-1 {entry.top1_agreement:.1%}")
     assert entry.ok is False
     f16 = exported.files[0]
-    assert entry.relative_diff > 10 * TOLERANCES["q8_0"][0]  # far outside even the loosest bound
+    assert entry.relative_diff > 5 * TOLERANCES["q8_0"][0]  # far outside even the loosest bound
     assert entry.max_logit_diff > 100 * f16.max_logit_diff
 
 
@@ -151,3 +151,15 @@ def test_the_course_model_round_trip(tmp_path, capsys):
     f16, bf16, q8 = report.files
     assert report.ok and f16.top1_agreement >= 0.97
     assert f16.max_logit_diff < bf16.max_logit_diff and f16.max_logit_diff < q8.max_logit_diff
+
+
+def test_course_template_modelfile_prompts_as_labkit_train_did(tmp_path):
+    from labkit.data import format_prompt
+    from labkit.models import load_tokenizer
+
+    tok = load_tokenizer()
+    text = write_modelfile(tmp_path / "m.gguf", tok, tmp_path / "Modelfile", template="course").read_text()
+    assert f'TEMPLATE """{format_prompt("{{ .Prompt }}")}"""' in text
+    assert f'PARAMETER stop "{tok.eos_token}"' in text and "SYSTEM" not in text
+    with pytest.raises(ExportError, match="'chat' or 'course'"):
+        write_modelfile(tmp_path / "m.gguf", tok, tmp_path / "Modelfile", template="alpaca")
