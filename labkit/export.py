@@ -34,7 +34,12 @@ from labkit.tables import format_table
 
 
 class ExportError(RuntimeError):
-    """An export cannot go on; the message says what happened and what to try."""
+    """An export cannot go on; the message says what happened and what to try. `report`: the
+    GGUFExport so far when a written file failed its round-trip check (None otherwise)."""
+
+    def __init__(self, message: str, report: GGUFExport | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2 is a Llama
@@ -107,8 +112,8 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
     to `out_dir/<name>-<type>.gguf` for each of `types`, plus an Ollama `Modelfile` for the first.
 
     With `verify` (the default) each file is loaded back by transformers and its logits on `prompts`
-    compared with the source model's in fp32; a file outside TOLERANCES raises ExportError, because a
-    GGUF that loads but answers differently is worse than no file. To export a LoRA adapter, merge it
+    compared with the source model's in fp32; a file outside TOLERANCES is deleted and ExportError
+    raised, because a GGUF that loads but answers differently is worse than no file. To export a LoRA adapter, merge it
     first (`labkit merge`, or `labkit export gguf ADAPTER_DIR` which merges for you). `template` and
     `system` go to the Modelfile (`write_modelfile`): "chat" or "course", as the model was trained.
     """
@@ -133,9 +138,12 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
         report.files.append(entry)
     report.modelfile = write_modelfile(report.path, tok, out / "Modelfile", system=system, template=template)
     failed = [f for f in report.files if f.ok is False]
+    for f in failed:  # a file that loads but answers differently is worse than none
+        f.path.unlink()
     if failed:
-        raise ExportError(f"The GGUF file(s) {[f.path.name for f in failed]} load back with logits far from the "
-                          f"source model's:\n{report}\nThis means a wrong tensor layout: do not use them.")
+        raise ExportError(f"The GGUF file(s) {[f.path.name for f in failed]} loaded back with logits far from the "
+                          f"source model's, so they were deleted:\n{report}\nThis means a wrong tensor layout or "
+                          "type; please report it with this table.", report)
     return report
 
 

@@ -17,12 +17,9 @@ from labkit.export import (
     CHATML_TEMPLATE,
     TOLERANCES,
     ExportError,
-    GGUFFile,
     check_supported,
     default_system_prompt,
     export_gguf,
-    verify_gguf,
-    write_gguf,
     write_modelfile,
 )
 
@@ -59,18 +56,20 @@ def test_f16_and_q8_0_load_back_with_the_source_logits(exported, capsys):
     assert q8.size_mb < 0.7 * f16.size_mb  # q8_0: 8.5 bits a weight vs 16 (norms stay f32 in both)
 
 
-def test_a_file_without_the_rotary_permutation_is_caught(tiny_dir, exported):
-    from labkit.models import load_model
+def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, exported, monkeypatch):
+    import functools
 
-    source, tok = load_model(str(tiny_dir), device="cpu", dtype=torch.float32)
-    path = write_gguf(source, tiny_dir, tiny_dir.parent / "unpermuted.gguf", "f16", rope_permute=False)
-    entry = verify_gguf(source, tok, GGUFFile("f16", path, 0.0), check_tokenizer=False)
+    from labkit import export
+
+    monkeypatch.setattr(export, "write_gguf", functools.partial(export.write_gguf, rope_permute=False))
+    with pytest.raises(ExportError, match="deleted") as caught:
+        export_gguf(tiny_dir, tiny_dir.parent / "unpermuted", types=("f16",))
+    entry = caught.value.report.files[0]
     print(f"without the permutation: max |Δlogit| {entry.max_logit_diff:.3g}, / spread "
           f"{entry.relative_diff:.3g}, top-1 {entry.top1_agreement:.1%}")
-    assert entry.ok is False
-    f16 = exported.files[0]
+    assert entry.ok is False and not entry.path.exists()
     assert entry.relative_diff > 5 * TOLERANCES["q8_0"][0]  # far outside even the loosest bound
-    assert entry.max_logit_diff > 100 * f16.max_logit_diff
+    assert entry.max_logit_diff > 100 * exported.files[0].max_logit_diff
 
 
 def test_the_gguf_holds_the_tokenizer_and_chat_template(exported, tiny_dir):
