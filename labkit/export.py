@@ -19,6 +19,7 @@ without it loads fine and answers wrong. So every export is read back by transfo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -234,10 +235,18 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
     writer.add_tokenizer_pre(_pre_tokenizer(tok))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
+    prefix = _tokenizer_config(folder).get("add_prefix_space")
+    if isinstance(prefix, bool):
+        writer.add_add_space_prefix(prefix)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     special.add_to_gguf(writer, quiet=True)
     if "bos" not in special.add_special_token:
         writer.add_add_bos_token(False)  # SmolLM2 adds no BOS; llama.cpp would otherwise add one
+
+
+def _tokenizer_config(folder: Path) -> dict:
+    path = folder / "tokenizer_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _token_list(tok, vocab_size: int) -> tuple[list[str], list[int]]:

