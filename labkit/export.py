@@ -114,9 +114,9 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
 
     With `verify` (the default) each file is loaded back by transformers and its logits on `prompts`
     compared with the source model's in fp32; a file outside TOLERANCES is deleted and ExportError
-    raised, because a GGUF that loads but answers differently is worse than no file. To export a LoRA adapter, merge it
-    first (`labkit merge`, or `labkit export gguf ADAPTER_DIR` which merges for you). `template` and
-    `system` go to the Modelfile (`write_modelfile`): "chat" or "course", as the model was trained.
+    raised, because a GGUF that loads but answers differently is worse than no file. To export a LoRA
+    adapter, merge it first (`labkit merge`, or `labkit export gguf ADAPTER_DIR`, which merges for you).
+    `template` and `system` go to the Modelfile (`write_modelfile`): "chat" or "course", as trained.
     """
     bad = [t for t in types if t not in GGUF_TYPES]
     if bad or not types:
@@ -124,6 +124,9 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
                           "(f16: lossless for practical purposes; q8_0: half the size, small error).")
     if template not in ("chat", "course"):
         raise ExportError(f"template must be 'chat' or 'course' (the run config's data.template), not {template!r}.")
+    if (Path(model) / "adapter_config.json").is_file():
+        raise ExportError(f"{model} is a LoRA adapter, not a whole model: merge it into its base first "
+                          f"(labkit merge {model} MERGED_DIR), or run `labkit export gguf {model} OUT`, which does.")
     source, tok = load_model(str(model), device="cpu", dtype=torch.float32)
     folder = Path(source.name_or_path)
     check_supported(source.config)

@@ -143,6 +143,12 @@ def test_cli_help_and_errors_name_what_is_supported(tiny_dir, tmp_path, capsys):
     assert "q4_k" in err and "f16" in err and "q8_0" in err
 
 
+def test_an_adapter_folder_is_sent_to_merge_first(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ExportError, match="merge it into its base first"):
+        export_gguf(tmp_path, tmp_path / "out")
+
+
 def test_other_architectures_are_refused_with_what_is_supported():
     from transformers import Qwen2Config
 
