@@ -284,3 +284,17 @@ def kernel_pid(client) -> int | None:
     km = getattr(client, "km", None)
     proc = getattr(getattr(km, "provisioner", None), "process", None) if km else None
     return getattr(proc, "pid", None)
+
+
+def rope_parameters(config) -> dict:
+    """A transformers config's rotary settings as {"rope_theta": ..., "rope_type": ...} (labkit.export).
+
+    transformers 5 keeps them in `config.rope_parameters` (a dict); 4.x had `config.rope_theta` and
+    `config.rope_scaling`. Tested on transformers 5.2x; reads the 4.x spelling when the dict is absent.
+    """
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return dict(params)
+    scaling = getattr(config, "rope_scaling", None) or {}
+    return {"rope_theta": getattr(config, "rope_theta", 10000.0),
+            "rope_type": scaling.get("rope_type", scaling.get("type", "default"))}

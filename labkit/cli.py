@@ -1,4 +1,4 @@
-"""The `labkit` command: doctor, cache, and train / eval / chat / merge from a run config.
+"""The `labkit` command: doctor, cache, train / eval / chat / merge from a run config, and export.
 
 The run logic lives in labkit.run (and labkit.config, labkit.report); this file only parses arguments.
 Running the whole course headless is course tooling, in a checkout: `python -m labkit_dev.course`;
@@ -38,6 +38,12 @@ _CHAT_EXAMPLES = """examples:
 _MERGE_EXAMPLES = """examples:
   labkit merge runs/invoices/adapter runs/invoices/merged
   python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('runs/invoices/merged')"
+"""
+_EXPORT_EXAMPLES = """examples:
+  labkit export gguf runs/invoices/merged gguf/                  f16 + q8_0 files, a Modelfile, the round-trip check
+  labkit export gguf runs/invoices/adapter gguf/ --type q8_0     an adapter: merged into its base first
+  labkit export gguf smollm2-135m gguf/ --type f16               the course model itself
+  cd gguf && ollama create invoices -f Modelfile && ollama run invoices
 """
 
 
@@ -93,10 +99,32 @@ def _parser() -> argparse.ArgumentParser:
                            "copy of its base, verify merged == adapter + base, save safetensors and tokenizer.")
     merge.add_argument("adapter", help="an adapter folder written by labkit train (or its run folder)")
     merge.add_argument("out", help="folder for the merged model")
+    _export_parser(sub.add_parser("export", help="export a model for llama.cpp / Ollama (GGUF)",
+                                  description="Export a model to other runtimes' formats."))
     # Parsed by labkit_dev.grade itself (main() hands it everything after "grade"): listed here for --help.
     sub.add_parser("grade", add_help=False, help="grade learners' exercise notebooks (in a course checkout; "
                    "labkit grade --help for more)")
     return parser
+
+
+def _export_parser(export: argparse.ArgumentParser) -> None:
+    formats = export.add_subparsers(dest="format", required=True)
+    gguf = formats.add_parser("gguf", help="GGUF files + an Ollama Modelfile, checked by loading them back",
+                              epilog=_EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Write a merged (or plain) Llama model to GGUF for llama.cpp and Ollama, "
+                              "load each file back with transformers and compare its logits with the model's, "
+                              "and write an Ollama Modelfile with the chat template and stop tokens.")
+    gguf.add_argument("model", help="a merged model folder (labkit merge), an adapter folder (labkit train's; "
+                      "merged into its base first) or a course model name")
+    gguf.add_argument("out", help="folder for the .gguf files and the Modelfile")
+    gguf.add_argument("--type", action="append", dest="types", metavar="TYPE",
+                      help="f32, f16, bf16 or q8_0; repeat for several (default: f16 and q8_0). "
+                           "The Modelfile runs the first")
+    gguf.add_argument("--name", help="file name stem (default: the model folder's name)")
+    gguf.add_argument("--template", choices=["chat", "course"], help="the prompt format the Modelfile uses, as the "
+                      "model was trained (default: data.template of the labkit.yaml that labkit train / labkit "
+                      "merge leave in the folder; chat when there is none)")
+    gguf.add_argument("--no-verify", action="store_true", help="skip loading the files back (faster; unchecked)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from labkit.config import ConfigError
     from labkit.data import RecordError
+    from labkit.export import ExportError
+    from labkit.models import ModelError
 
-    commands = {"train": _train, "eval": _eval, "chat": _chat, "merge": _merge}
+    commands = {"train": _train, "eval": _eval, "chat": _chat, "merge": _merge, "export": _export}
     try:
         return commands[args.command](args)
-    except (ConfigError, RecordError, FileNotFoundError) as exc:
+    except (ConfigError, RecordError, FileNotFoundError, ExportError, ModelError) as exc:
         print(f"labkit {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -229,6 +259,39 @@ def _merge(args) -> int:
     print(report)
     print(f"wrote the merged model (safetensors) and its tokenizer to {args.out}")
     return 0
+
+
+def _export(args) -> int:
+    """`labkit export gguf`: an adapter folder is merged into its base (labkit merge) in a temporary folder first."""
+    import tempfile
+    from pathlib import Path
+
+    from labkit.export import export_gguf
+
+    source = Path(args.model)
+    adapter = source / "adapter" if (source / "adapter" / "adapter_config.json").is_file() else source
+    options = dict(types=args.types or ["f16", "q8_0"], verify=not args.no_verify,
+                   template=args.template or _trained_template(adapter))
+    with tempfile.TemporaryDirectory(prefix="labkit-merged-") as tmp:
+        if (adapter / "adapter_config.json").is_file():
+            from labkit.run import merge_adapter
+
+            print(merge_adapter(adapter, tmp))
+            name = args.name or (adapter.resolve().parent.name if adapter.name == "adapter" else adapter.name)
+            report = export_gguf(tmp, args.out, name=name, **options)
+        else:
+            report = export_gguf(args.model, args.out, name=args.name, **options)
+    print(report)
+    return 0
+
+
+def _trained_template(folder) -> str:
+    """data.template of the run config kept in an adapter or merged folder; "chat" without one."""
+    from labkit.config import load_config
+    from labkit.run import ADAPTER_CONFIG
+
+    own = folder / ADAPTER_CONFIG
+    return load_config(own, check_files=False).data.template if own.is_file() else "chat"
 
 
 if __name__ == "__main__":

@@ -390,11 +390,14 @@ def prompt_for(cfg: RunConfig, tokenizer, text: str) -> str:
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path):
-    """Merge into a full-precision base (labkit.lora.merge_and_verify), save safetensors → the MergeReport."""
+    """Merge into a full-precision base (labkit.lora.merge_and_verify), save safetensors, the tokenizer and
+    the run config (labkit.yaml: the prompt template, which `labkit export gguf` writes into the Modelfile)
+    → the MergeReport."""
     model, tok, cfg = load_adapter(adapter_dir)
     base_source: Any = cfg.model if cfg.model in REGISTRY else load_base(cfg.model, None)[0]
     report = merge_and_verify(model, base_source=base_source, tokenizer=tok)
     out = Path(out)
     report.merged_model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    _write_adapter_config(cfg, out / ADAPTER_CONFIG)  # the template it was trained with, for `labkit export`
     return report

@@ -148,6 +148,10 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert (out / "merged" / "model.safetensors").exists()
+    assert cli._trained_template(out / "merged") == "course"  # labkit merge keeps the run config's template
+    assert cli.main(["export", "gguf", str(out), str(out / "gguf"), "--type", "f16", "--no-verify"]) == 0
+    assert (out / "gguf" / "out-f16.gguf").is_file()  # the run folder's adapter, merged first
+    assert "### Instruction:" in (out / "gguf" / "Modelfile").read_text()  # prompted as it was trained
 
     assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
     again = json.loads((out / "metrics.json").read_text())["training"]

@@ -288,3 +288,14 @@ def test_bitsandbytes_kernel_fetch_warning_is_dropped_by_compat():
         pytest.skip("this bitsandbytes does not log the kernel-fetch line here (the optional kernel loaded?)")
     quiet = stderr_of("from labkit import _compat; _compat.quiet_bitsandbytes_kernel_fetch(); import bitsandbytes")
     assert "kernels-community" not in quiet, f"API drift: bitsandbytes logs the line elsewhere now: {quiet[-500:]}"
+
+
+def test_rope_parameters_reads_the_rotary_base_labkit_exports():
+    """labkit.export writes llama.rope.freq_base from _compat.rope_parameters; a renamed field must not
+    fall back to the 10000 default silently (SmolLM2's is 100000)."""
+    from transformers import LlamaConfig
+
+    from labkit._compat import rope_parameters
+
+    rope = rope_parameters(LlamaConfig(rope_theta=123456.0))
+    assert rope["rope_theta"] == 123456.0 and rope.get("rope_type", "default") == "default"
