@@ -348,6 +348,28 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     return report
 
 
+def merge_into_4bit(peft_model) -> nn.Module:
+    """Merge the adapter INTO the 4-bit base it was trained on (a copy): what the course says never to do.
+
+    For measuring that advice, not for shipping: PEFT dequantises each NF4 weight, adds B·A·scale and
+    re-quantises the sum to NF4. The dequantised weight sits exactly on one of 16 levels, so every
+    entry of the update smaller than half a level's spacing rounds straight back to the old level.
+    Compare the result with the unmerged model (`max_logit_diff`, exact match). Runs inside the
+    repacking guard; the model you pass is not changed.
+    """
+    if not is_quantized(peft_model.get_base_model()):
+        raise LoRAError("merge_into_4bit needs a PeftModel on a 4-bit base (load_model(quantization='nf4')).")
+    with no_repacking(peft_model):
+        return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def max_logit_diff(model_a: nn.Module, model_b: nn.Module, tokenizer, prompts: Sequence[str] | None = None) -> float:
+    """Largest |logit difference| of two models over the same prompts: how far apart their next-token
+    scores are (0 = the same model, up to rounding). 4-bit models are read inside the repacking guard."""
+    batches = _prompt_batches(tokenizer, prompts, model_a.config.vocab_size)
+    return _max_diff(_logits(model_a, batches), _logits(model_b, batches))
+
+
 def _has_adapters(model: nn.Module) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
