@@ -1,7 +1,7 @@
-"""E8's check (data quality vs quantity), on the course data and made-up scores."""
+"""E8 and E9 checks (data quality vs quantity; where to merge), on the course data and made-up scores."""
 
 from labkit import data
-from labkit.exercises import check_data_quality
+from labkit.exercises import check_data_quality, check_merge_choice
 
 TRAIN = data.course_dataset("invoices", "train")
 N = 8
@@ -37,3 +37,13 @@ def test_check_data_quality_rejects_slips(capsys):
     repeats = dict(sets, **{"clean + 3x noisy": sets["clean"] + data.corrupt_records(sets["clean"] * 3, 1.0).records})
     assert not check_data_quality(repeats, results(0.5, 0.25, 0.5), "clean")
     assert "rest of the training split" in capsys.readouterr().out
+
+
+def test_check_merge_choice(capsys):
+    merges = {"into the fp32 base": {"max_logit_diff": 0.4, "exact_match": 0.5},
+              "into the NF4 base": {"max_logit_diff": 9.0, "exact_match": 0.0}}
+    assert check_merge_choice(merges, "into the fp32 base")
+    assert not check_merge_choice(merges, "into the NF4 base")
+    assert "moved by 9.00" in capsys.readouterr().out
+    assert not check_merge_choice(merges, "into bf16")
+    assert not check_merge_choice({"into the fp32 base": merges["into the fp32 base"]}, "into the fp32 base")

@@ -1,4 +1,4 @@
-"""Checks for E8 (data quality vs quantity): the three training sets, and the learner's choice.
+"""Checks for E8 (data quality vs quantity: the three training sets, and the learner's choice) and E9 (where to merge).
 
 The sets are checked against what the experiment needs (same clean records, a known share
 damaged, a mix four times larger); the choice against the measured table, so the check holds
@@ -71,4 +71,30 @@ def check_data_quality(sets: Mapping[str, Sequence[Mapping]], results: Sequence[
         return report(fb.fail("your choice", "the smallest set with the best score", my_choice,
                               "Another set reached the same exact match with fewer records: cheaper to collect and check."))
     fb.passed.append(f"you would train on {my_choice!r}")
+    return report(fb)
+
+
+@recorded
+def check_merge_choice(merges: Mapping[str, Mapping], my_choice: str) -> bool:
+    """E9: `my_choice` is the merge that stays closest to the unmerged adapter model: the smallest
+    max |Δlogit| against it (a merge should change nothing), and no lower exact match than the other.
+
+    merges: {name: {"max_logit_diff": float, "exact_match": float}}, one per merged model.
+    """
+    fb = Feedback("where to merge")
+    if len(merges) < 2 or not all({"max_logit_diff", "exact_match"} <= set(row) for row in merges.values()):
+        return report(fb.fail("the merges", "two merged models, each with max_logit_diff and exact_match",
+                              {k: sorted(v) for k, v in merges.items()}, "Measure both merges first."))
+    fb.passed.append(f"{len(merges)} merges measured")
+    if my_choice not in merges:
+        return report(fb.fail("your choice", f"one of {sorted(merges)}", my_choice, "Pick one of the merges you measured."))
+    closest = min(merges, key=lambda name: merges[name]["max_logit_diff"])
+    if my_choice != closest:
+        return report(fb.fail("your choice", "the merge whose logits stay closest to the adapter model's", my_choice,
+                              f"Its logits moved by {merges[my_choice]['max_logit_diff']:.2f}, more than another merge's: "
+                              "a merge is meant to give the same model in one piece."))
+    if merges[my_choice]["exact_match"] < max(row["exact_match"] for row in merges.values()):
+        return report(fb.fail("your choice", "a merge that keeps the best exact match", my_choice,
+                              "Another merge answered more test invoices exactly: look at both columns."))
+    fb.passed.append(f"you would ship the merge {my_choice!r}")
     return report(fb)
