@@ -290,8 +290,9 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     """Merge the adapter into a FULL-PRECISION copy of the base and prove the merge is faithful.
 
     Why not merge into the 4-bit base you trained on: merging computes W + B·A·scale and would have
-    to re-quantise that sum to 4 bits. The update is small next to W, so rounding to the 16 NF4
-    levels throws most of it away and the merged model loses what it learned. So: load the base in
+    to re-quantise that sum to 4 bits, rounding every weight a second time (an error this merge does
+    not make; `merge_into_4bit` and exercise E9 measure it), and a 4-bit merge cannot be undone or
+    re-quantised more finely later. So: load the base in
     fp32 (`base_source`: a course model name, or a clean base model object), load the adapter
     weights onto it, compare its logits with the merged model's on a few prompts (they must agree
     within `atol`), and return the merged model.
@@ -352,10 +353,11 @@ def merge_into_4bit(peft_model) -> nn.Module:
     """Merge the adapter INTO the 4-bit base it was trained on (a copy): what the course says never to do.
 
     For measuring that advice, not for shipping: PEFT dequantises each NF4 weight, adds B·A·scale and
-    re-quantises the sum to NF4. The dequantised weight sits exactly on one of 16 levels, so every
-    entry of the update smaller than half a level's spacing rounds straight back to the old level.
-    Compare the result with the unmerged model (`max_logit_diff`, exact match). Runs inside the
-    repacking guard; the model you pass is not changed.
+    re-quantises the sum to NF4, a second rounding of every weight that a merge into fp32 does not
+    make, and the result can never be un-merged or re-quantised more finely. How much of the update
+    that rounding loses depends on its size next to the NF4 levels' spacing: compare the result with
+    the unmerged model (`max_logit_diff`, exact match), as exercise E9 does. Runs inside the repacking
+    guard; the model you pass is not changed.
     """
     if not is_quantized(peft_model.get_base_model()):
         raise LoRAError("merge_into_4bit needs a PeftModel on a 4-bit base (load_model(quantization='nf4')).")

@@ -44,6 +44,6 @@ def test_check_merge_choice(capsys):
               "into the NF4 base": {"max_logit_diff": 9.0, "exact_match": 0.0}}
     assert check_merge_choice(merges, "into the fp32 base")
     assert not check_merge_choice(merges, "into the NF4 base")
-    assert "moved by 9.00" in capsys.readouterr().out
+    assert "moved the logits by 9.00" in capsys.readouterr().out
     assert not check_merge_choice(merges, "into bf16")
     assert not check_merge_choice({"into the fp32 base": merges["into the fp32 base"]}, "into the fp32 base")

@@ -76,25 +76,22 @@ def check_data_quality(sets: Mapping[str, Sequence[Mapping]], results: Sequence[
 
 @recorded
 def check_merge_choice(merges: Mapping[str, Mapping], my_choice: str) -> bool:
-    """E9: `my_choice` is the merge that stays closest to the unmerged adapter model: the smallest
-    max |Δlogit| against it (a merge should change nothing), and no lower exact match than the other.
+    """E9: `my_choice` is the faithful merge: the smallest merge error, max |Δlogit| between the merged
+    model and the unmerged adapter on the same base (a merge should change nothing).
 
-    merges: {name: {"max_logit_diff": float, "exact_match": float}}, one per merged model.
+    merges: {name: {"max_logit_diff": float, ...}}, one per merged model.
     """
     fb = Feedback("where to merge")
-    if len(merges) < 2 or not all({"max_logit_diff", "exact_match"} <= set(row) for row in merges.values()):
-        return report(fb.fail("the merges", "two merged models, each with max_logit_diff and exact_match",
+    if len(merges) < 2 or not all("max_logit_diff" in row for row in merges.values()):
+        return report(fb.fail("the merges", "two merged models, each with its max_logit_diff",
                               {k: sorted(v) for k, v in merges.items()}, "Measure both merges first."))
     fb.passed.append(f"{len(merges)} merges measured")
     if my_choice not in merges:
         return report(fb.fail("your choice", f"one of {sorted(merges)}", my_choice, "Pick one of the merges you measured."))
     closest = min(merges, key=lambda name: merges[name]["max_logit_diff"])
     if my_choice != closest:
-        return report(fb.fail("your choice", "the merge whose logits stay closest to the adapter model's", my_choice,
-                              f"Its logits moved by {merges[my_choice]['max_logit_diff']:.2f}, more than another merge's: "
-                              "a merge is meant to give the same model in one piece."))
-    if merges[my_choice]["exact_match"] < max(row["exact_match"] for row in merges.values()):
-        return report(fb.fail("your choice", "a merge that keeps the best exact match", my_choice,
-                              "Another merge answered more test invoices exactly: look at both columns."))
-    fb.passed.append(f"you would ship the merge {my_choice!r}")
+        return report(fb.fail("your choice", "the merge with the smallest merge error", my_choice,
+                              f"Its merge moved the logits by {merges[my_choice]['max_logit_diff']:.2f}, more than "
+                              "another merge did: a faithful merge gives the same model in one piece."))
+    fb.passed.append(f"the faithful merge is {my_choice!r}")
     return report(fb)
