@@ -526,6 +526,89 @@ def find_overlap(train: Sequence, test: Sequence, threshold: float = 0.8) -> lis
 
 
 # ------------------------------------------------------------------------------------------------
+# Corruption: the data-quality experiment's noisy records
+
+CORRUPTIONS = ("broken JSON", "wrong numbers", "wrong label")
+
+
+@dataclass
+class Corrupted:
+    """What corrupt_records did: the new records, and which of them were damaged and how."""
+
+    records: list[dict]
+    corrupted: list[int]  # indices (into records) of the damaged answers
+    kinds: dict[int, str] = field(default_factory=dict)  # index -> one of CORRUPTIONS
+
+
+def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v, key)
+    else:
+        yield key, value
+
+
+def _mapped(value: Any, fn, key: str = "") -> Any:
+    """value with every leaf replaced by fn(key, leaf)."""
+    if isinstance(value, dict):
+        return {k: _mapped(v, fn, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mapped(v, fn, key) for v in value]
+    return fn(key, value)
+
+
+def _damage(answer: dict, kind: str, pool: dict[str, list[str]], rng: random.Random) -> str:
+    if kind == "broken JSON":  # the kind a bad export or a cut-off scrape gives: not parseable
+        return json.dumps(answer, separators=(",", ":"))[:-1]
+    if kind == "wrong numbers":  # prices and totals that no longer match the invoice
+        factor = rng.choice((0.5, 1.5, 2.0, 3.0))
+        return json.dumps(_mapped(answer, lambda k, v: round(v * factor, 2) if isinstance(v, float) else v),
+                          separators=(",", ":"))
+
+    def swap(k: str, v: Any) -> Any:  # "wrong label": another record's value for the same key
+        others = [o for o in pool.get(k, []) if o != v] if isinstance(v, str) else []
+        return rng.choice(others) if others else v
+
+    return json.dumps(_mapped(answer, swap), separators=(",", ":"))
+
+
+def corrupt_records(records: Sequence[dict], share: float, seed: int = 0) -> Corrupted:
+    """Damage `share` of the records' JSON answers, the ways real training data goes bad, and say which.
+
+    Why: "quality beats quantity" is a claim to measure, and measuring it needs noisy data whose
+    noise is known. The chosen records (a seeded sample) get, in turn, broken JSON (the closing brace
+    cut), wrong numbers (every decimal value scaled, so prices and totals contradict the invoice) or
+    wrong labels (each string value replaced by another record's value for the same key: a wrong
+    currency, a wrong product name). Prompts are never changed; the input list is not modified.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"share={share} must be between 0 and 1 (the fraction of records to corrupt).")
+    validate_records(records, "corrupt_records")
+    answers = []
+    for i, rec in enumerate(records):
+        try:
+            answers.append(json.loads(rec["completion"]))
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"record {i}: corrupt_records needs prompt/completion records whose completion is "
+                             f"JSON (like the invoice task's); {exc}") from exc
+    pool: dict[str, list[str]] = {}
+    for answer in answers:
+        for k, v in _leaves(answer):
+            if isinstance(v, str) and v not in pool.setdefault(k, []):
+                pool[k].append(v)
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(range(len(records)), round(share * len(records))))
+    out, kinds = [dict(r) for r in records], {}
+    for n, i in enumerate(chosen):
+        kinds[i] = CORRUPTIONS[n % len(CORRUPTIONS)]
+        out[i]["completion"] = _damage(answers[i], kinds[i], pool, rng)
+    return Corrupted(out, chosen, kinds)
+
+
+# ------------------------------------------------------------------------------------------------
 # Tokenisation with label masks
 
 

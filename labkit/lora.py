@@ -290,8 +290,9 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     """Merge the adapter into a FULL-PRECISION copy of the base and prove the merge is faithful.
 
     Why not merge into the 4-bit base you trained on: merging computes W + B·A·scale and would have
-    to re-quantise that sum to 4 bits. The update is small next to W, so rounding to the 16 NF4
-    levels throws most of it away and the merged model loses what it learned. So: load the base in
+    to re-quantise that sum to 4 bits, rounding every weight a second time (an error this merge does
+    not make; `merge_into_4bit` and exercise E9 measure it), and a 4-bit merge cannot be undone or
+    re-quantised more finely later. So: load the base in
     fp32 (`base_source`: a course model name, or a clean base model object), load the adapter
     weights onto it, compare its logits with the merged model's on a few prompts (they must agree
     within `atol`), and return the merged model.
@@ -346,6 +347,29 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
                "adapter was trained on.")
         raise LoRAError(f"Merge verification failed: {why}\n{report}")
     return report
+
+
+def merge_into_4bit(peft_model) -> nn.Module:
+    """Merge the adapter INTO the 4-bit base it was trained on (a copy): what the course says never to do.
+
+    For measuring that advice, not for shipping: PEFT dequantises each NF4 weight, adds B·A·scale and
+    re-quantises the sum to NF4, a second rounding of every weight that a merge into fp32 does not
+    make, and the result can never be un-merged or re-quantised more finely. How much of the update
+    that rounding loses depends on its size next to the NF4 levels' spacing: compare the result with
+    the unmerged model (`max_logit_diff`, exact match), as exercise E9 does. Runs inside the repacking
+    guard; the model you pass is not changed.
+    """
+    if not is_quantized(peft_model.get_base_model()):
+        raise LoRAError("merge_into_4bit needs a PeftModel on a 4-bit base (load_model(quantization='nf4')).")
+    with no_repacking(peft_model):
+        return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def max_logit_diff(model_a: nn.Module, model_b: nn.Module, tokenizer, prompts: Sequence[str] | None = None) -> float:
+    """Largest |logit difference| of two models over the same prompts: how far apart their next-token
+    scores are (0 = the same model, up to rounding). 4-bit models are read inside the repacking guard."""
+    batches = _prompt_batches(tokenizer, prompts, model_a.config.vocab_size)
+    return _max_diff(_logits(model_a, batches), _logits(model_b, batches))
 
 
 def _has_adapters(model: nn.Module) -> bool:

@@ -181,6 +181,37 @@ def test_faq_contamination_before_and_after_cleaning():
     assert find_overlap(cleaned.train, cleaned.test) == []
 
 
+def test_corrupt_records_damages_the_share_it_reports():
+    records = course_dataset("invoices", "train")[:30]
+    before = [dict(r) for r in records]
+    out = data.corrupt_records(records, 0.5, seed=3)
+    assert records == before, "the input list must not be modified"
+    assert len(out.corrupted) == 15 and out.corrupted == sorted(out.kinds)
+    assert sorted(set(out.kinds.values())) == sorted(data.CORRUPTIONS)
+    for i, (old, new) in enumerate(zip(records, out.records, strict=True)):
+        assert new["prompt"] == old["prompt"]
+        assert (new["completion"] != old["completion"]) == (i in out.corrupted), i
+    for i, kind in out.kinds.items():
+        if kind == "broken JSON":
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(out.records[i]["completion"])
+        else:
+            wrong, right = json.loads(out.records[i]["completion"]), json.loads(records[i]["completion"])
+            assert wrong.keys() == right.keys() and wrong != right
+            if kind == "wrong numbers":
+                assert wrong["total"] != right["total"] and wrong["currency"] == right["currency"]
+    assert data.corrupt_records(records, 0.5, seed=3) == out, "same seed, same corruption"
+    assert data.corrupt_records(records, 0.0).corrupted == []
+    assert len(data.corrupt_records(records, 1.0).corrupted) == 30
+
+
+def test_corrupt_records_errors():
+    with pytest.raises(ValueError, match="share"):
+        data.corrupt_records(course_dataset("invoices", "train")[:4], 1.5)
+    with pytest.raises(ValueError, match="record 1"):
+        data.corrupt_records([to_record("Say.", '{"a": "b"}'), to_record("Say.", "not json")], 0.5)
+
+
 def test_course_dataset_errors():
     with pytest.raises(FileNotFoundError, match="Available: .*'faq'"):
         course_dataset("nope")

@@ -265,3 +265,23 @@ def test_count_parameters_unpacks_4bit_weights_by_class():
     net = net.to("cpu")
     assert type(net[0].weight).__name__ == "Params4bit" and net[0].weight.numel() == 64 * 32 // 2
     assert count_parameters(net).total == 64 * 32
+
+
+def test_merge_into_4bit_loses_a_small_update_and_leaves_the_model_alone(tmp_path):
+    from labkit.lora import max_logit_diff, merge_into_4bit
+    from labkit.models import load_model, save_tiny_model
+
+    model, tok = load_model(str(save_tiny_model(tmp_path / "tiny")), quantization="nf4", dtype=torch.float32)
+    model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1e-3)   # a small update, as after a short fine-tune
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    merged = merge_into_4bit(model)
+    with model.disable_adapter():
+        base_logits_gap = max_logit_diff(model, merged, tok)   # the 4-bit base alone vs the 4-bit merge
+    kept = max_logit_diff(model, merged, tok)   # the unmerged adapter model vs the 4-bit merge
+    assert kept > 0 and base_logits_gap < kept, "a small update rounds back to the base's NF4 levels"
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+    with pytest.raises(LoRAError, match="4-bit base"):
+        merge_into_4bit(add_lora(load_model(str(tmp_path / "tiny"))[0], r=4))

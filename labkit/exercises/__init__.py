@@ -11,4 +11,5 @@ The exercise notebooks themselves are generated from `solutions/` by course tool
 from labkit.exercises.decide import check_choose  # noqa: F401,E402
 from labkit.exercises.experiments import check_forgetting, check_overfitting, check_rank_choice  # noqa: F401,E402
 from labkit.exercises.feedback import Feedback, report  # noqa: F401
+from labkit.exercises.quality import check_data_quality, check_merge_choice  # noqa: F401,E402
 from labkit.exercises.records import check_clean, check_to_record  # noqa: F401,E402
