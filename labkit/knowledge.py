@@ -1,6 +1,6 @@
 """Private facts: a small product catalogue the base model cannot know, to compare RAG and fine-tuning.
 
-Lesson 06 asks where a fact should live: in the prompt (retrieved from documents) or in the weights
+Lesson 07 asks where a fact should live: in the prompt (retrieved from documents) or in the weights
 (fine-tuned in). To measure that fairly the facts must be ones no pretrained model has seen, so this
 module *generates* them from a fixed seed: 30 products of a fictional shop, Fernwood Outfitters,
 each with a made-up name, a price and the town of the workshop that makes it. Each product has

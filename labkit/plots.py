@@ -389,3 +389,38 @@ def plot_prompting(rows):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_knowledge(rows):
+    """Knowledge or behaviour: the share of held-out questions each arm answers with the right fact,
+    and (where measured) the share of edited products it answers with the *new* price → Figure.
+
+    `rows`: dicts with "arm" and "accuracy" (fractions); an optional "after edit" (fraction, or None for
+    an arm not measured after the edit). Why one bar per arm on one axis: the arms answer the same
+    questions with the same greedy decoding, so the bars are directly comparable.
+    """
+    rows = list(rows)
+    missing = [k for k in ("arm", "accuracy") if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"plot_knowledge needs rows with arm and accuracy (missing {missing}).")
+    edited = any(row.get("after edit") is not None for row in rows)
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    bars = [("accuracy", "held-out questions: right fact", "C0")]
+    bars += [("after edit", "edited prices: new price", "C1")] if edited else []
+    height = 0.8 / len(bars)
+    for j, (key, label, color) in enumerate(bars):
+        offset = height * ((len(bars) - 1) / 2 - j)
+        values = [100 * (row.get(key) or 0) for row in rows]
+        ax.barh([y + offset for y in ys], values, height=height, color=color, label=label)
+        for y, value, row in zip(ys, values, rows, strict=True):
+            text = "not measured" if row.get(key) is None else f"{value:.0f}%"
+            ax.annotate(text, (value, y + offset), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(ys, [row["arm"] for row in rows])
+    ax.set_xlim(0, 115)
+    ax.set_xlabel("% of questions answered with the right fact")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Facts in the prompt (retrieval) vs in the weights (fine-tuning)", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -67,3 +67,17 @@ def test_plot_prompting_three_bars_per_approach_and_the_prompt_cost():
     assert max(p.get_width() for p in scores.patches) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="missing"):
         plots.plot_prompting([{"approach": "x"}])
+
+
+def test_plot_knowledge_one_bar_per_arm_and_one_per_edited_arm():
+    rows = [{"arm": "base", "accuracy": 0.0, "after edit": None}, {"arm": "RAG", "accuracy": 0.6, "after edit": 1.0},
+            {"arm": "fine-tuned", "accuracy": 0.3, "after edit": 0.0}]
+    fig = plots.plot_knowledge(rows)
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and len(ax.patches) == 6
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["base", "RAG", "fine-tuned"]
+    assert sorted(p.get_width() for p in ax.patches)[-2:] == [pytest.approx(60.0), pytest.approx(100.0)]
+    assert "not measured" in [t.get_text() for t in ax.texts]
+    assert len(plots.plot_knowledge([{"arm": "base", "accuracy": 0.5}]).axes[0].patches) == 1
+    with pytest.raises(ValueError, match="missing"):
+        plots.plot_knowledge([{"arm": "x"}])

@@ -1,4 +1,4 @@
-"""The private-facts catalogue of lesson 06: the shipped file equals the generator's output, the facts
+"""The private-facts catalogue of lesson 07: the shipped file equals the generator's output, the facts
 are unique, test questions are rewordings (never training copies), and the fact check is strict."""
 
 import pytest

@@ -29,14 +29,14 @@ A, M, H, D, T, E, F, L, TL, Q = ("Choosing an approach", "Methods", "Hyperparame
 OUTLINE: list[tuple[str, str, tuple[str, ...]]] = [
     # --- Choosing an approach
     (A, "prompting first (free, instant)", ("prompting-first",)),
-    (A, "RAG for private or changing facts", ("rag-for-facts",)),
+    (A, "RAG for private or changing facts", ("rag-for-facts", "rag-beats-base-07", "edit-follows-07", "recall-07", "base-lacks-facts-07")),
     (A, "fine-tune for a new consistent behaviour (format, tone, niche skill)", ("finetune-behaviour",)),
     (A, "rule of thumb: >= 500 examples", ("rule-500",)),
     (A, "a good system prompt does most of the job", ("system-prompt-most", "prompt-baseline-05")),
     (A, "fine-tuning pays: many queries amortise the cost", ("pays-amortise",)),
     (A, "fine-tuning pays: a smaller tuned model replaces a larger one", ("pays-smaller",)),
     (A, "fine-tuning pays: data must stay on-premises", ("pays-onprem",)),
-    (A, "best practice: LoRA for behaviour + RAG for facts", ("lora-plus-rag",)),
+    (A, "best practice: LoRA for behaviour + RAG for facts", ("lora-plus-rag", "finetune-format-07", "finetune-facts-07", "hybrid-07", "ovadia-raft")),
     (A, "quick reference: approach / changes weights? / cost / speed / best for", ("quick-reference",)),
     # --- Methods
     (M, "full fine-tuning: all weights, best quality, highest memory and forgetting risk", ("full-ft-tradeoff", "full-ft-forgets-more")),

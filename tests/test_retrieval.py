@@ -1,4 +1,4 @@
-"""BM25 retrieval for lesson 06: the right document comes first, recall@k counts hits, the RAG prompt
+"""BM25 retrieval for lesson 07: the right document comes first, recall@k counts hits, the RAG prompt
 is in the course template with the passages before the question."""
 
 import pytest
