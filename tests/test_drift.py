@@ -299,3 +299,21 @@ def test_rope_parameters_reads_the_rotary_base_labkit_exports():
 
     rope = rope_parameters(LlamaConfig(rope_theta=123456.0))
     assert rope["rope_theta"] == 123456.0 and rope.get("rope_type", "default") == "default"
+
+
+def test_quant_constants_bytes_sees_double_quantisation():
+    """_compat.quant_constants_bytes reads bitsandbytes' quant_state (absmax, state2, offset): one fp32
+    constant per block of 64 without double quantisation, one byte (+ a second level) with it."""
+    import bitsandbytes as bnb
+
+    from labkit._compat import quant_constants_bytes
+
+    sizes = {}
+    for dq in (False, True):
+        torch.manual_seed(0)
+        layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.float32, quant_type="nf4",
+                                  compress_statistics=dq).to("cpu")
+        sizes[dq] = quant_constants_bytes(layer.weight)
+    blocks = 256 * 256 // 64
+    assert sizes[False] == blocks * 4 and blocks < sizes[True] < blocks * 2
+    assert quant_constants_bytes(torch.nn.Parameter(torch.zeros(3))) == 0

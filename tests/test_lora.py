@@ -285,3 +285,35 @@ def test_merge_into_4bit_loses_a_small_update_and_leaves_the_model_alone(tmp_pat
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
     with pytest.raises(LoRAError, match="4-bit base"):
         merge_into_4bit(add_lora(load_model(str(tmp_path / "tiny"))[0], r=4))
+
+
+# --------------------------------------------------------------------------------------------
+# The PEFT family by name
+
+
+@pytest.mark.parametrize("method, kind", [("lora", "LoraConfig"), ("dora", "LoraConfig"), ("ia3", "IA3Config"),
+                                          ("prompt_tuning", "PromptTuningConfig"),
+                                          ("prefix_tuning", "PrefixTuningConfig")])
+def test_peft_config_by_name_attaches_and_trains_only_the_method(method, kind):
+    from labkit.lora import attach_lora, peft_config
+    from labkit.models import tiny_model
+
+    config = peft_config(method, r=4, num_virtual_tokens=5)
+    assert type(config).__name__ == kind and config.task_type == "CAUSAL_LM"
+    model = attach_lora(tiny_model(seed=0)[0], config)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert 0 < trainable == count_parameters(model).trainable or method in ("prompt_tuning", "prefix_tuning")
+    assert trainable > 0
+    if method == "dora":
+        assert config.use_dora and config.lora_alpha == 8  # alpha defaults to 2·r
+    if method == "prompt_tuning":  # 5 virtual tokens of the hidden size (64), nothing else
+        assert trainable == 5 * 64
+
+
+def test_peft_config_ia3_targets_and_unknown_names():
+    from labkit.lora import peft_config
+
+    config = peft_config("ia3", targets=ALL_LINEAR_TARGETS)
+    assert set(config.feedforward_modules) == {"gate_proj", "up_proj", "down_proj"}
+    with pytest.raises(ValueError, match="Unknown PEFT method 'prompt'.*prompt_tuning"):
+        peft_config("prompt")
