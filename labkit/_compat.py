@@ -117,6 +117,21 @@ def is_params4bit(param: torch.Tensor) -> bool:
     return bnb is not None and isinstance(param, bnb.nn.Params4bit)
 
 
+def quant_constants_bytes(param: torch.Tensor) -> int:
+    """Bytes of a 4-bit weight's quantisation constants (bitsandbytes' `quant_state`, tested on 0.50.x):
+    one absmax per block of 64 (fp32, or uint8 with double quantisation plus the second level's fp32
+    absmax per 256 blocks and its offset). `get_memory_footprint` counts none of these. 0 for other tensors;
+    if bitsandbytes renames the fields this raises AttributeError (tests/test_drift.py)."""
+    state = getattr(param, "quant_state", None) if is_params4bit(param) else None
+    if state is None:
+        return 0
+    nbytes = state.absmax.numel() * state.absmax.element_size()
+    if state.nested:
+        nbytes += state.state2.absmax.numel() * state.state2.absmax.element_size()
+        nbytes += state.offset.numel() * state.offset.element_size()
+    return nbytes
+
+
 def _is_packed(module: torch.nn.Module) -> bool:
     return bool(getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False))
 

@@ -5,7 +5,7 @@ A config has six sections, every key optional except the data:
     model: smollm2-135m          # a course registry name, or a local folder with a transformers model
     quantization: nf4            # none | nf4 | int8
     data:      {course: invoices} or {train: my.jsonl, val: ..., test: ...}, template, limits, clean
-    lora:      {r, alpha, dropout, targets, dora}
+    lora:      {r, alpha, dropout, targets, dora, method, virtual_tokens}
     training:  {epochs, learning_rate, batch_size, gradient_accumulation_steps, max_length, report_to, ...}
     evaluation: {metrics, probe, max_new_tokens}
     output:    {dir}
@@ -55,6 +55,7 @@ Template = Literal["course", "chat"]
 Metric = Literal["exact_match", "json_valid", "f1"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 Reporter = Literal["none", "tensorboard", "wandb", "trackio"]
+PeftMethod = Literal["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]  # labkit.lora.PEFT_METHODS
 for _alias, _names in ((Quantization, QUANTIZATIONS), (Template, TEMPLATES), (Metric, METRICS),
                        (Scheduler, SCHEDULERS), (Reporter, REPORTERS)):
     assert typing.get_args(_alias) == _names  # one list of names: the tuples above are the public ones
@@ -120,6 +121,9 @@ class LoraSection(_Section):
     targets: list[str] | str = Field("attention", description="'attention' (q,k,v,o), 'all' (+ gate, up, down) "
                                                               "or a list")
     dora: bool = Field(False, description="DoRA: magnitude/direction split, LoRA on the direction")
+    method: PeftMethod = Field("lora", description="the PEFT method, by name (labkit.lora.peft_config): lora, dora, "
+                                                   "ia3, prompt_tuning, prefix_tuning")
+    virtual_tokens: int = Field(20, ge=1, le=512, description="prompt/prefix tuning: trained virtual tokens")
 
 
 class TrainingSection(_Section):

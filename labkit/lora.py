@@ -112,6 +112,40 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05,
                       bias="none", task_type=TaskType.CAUSAL_LM, use_dora=use_dora)
 
 
+PEFT_METHODS = ("lora", "dora", "ia3", "prompt_tuning", "prefix_tuning")
+"""The PEFT methods `peft_config` chooses by name (each is one of PEFT's own configs)."""
+
+
+def peft_config(method: str = "lora", *, r: int = 16, alpha: float | None = None, dropout: float = 0.05,
+                targets: Sequence[str] | None = None, num_virtual_tokens: int = 20):
+    """A PEFT config for a causal LM chosen by name → LoraConfig, IA3Config, PromptTuningConfig or
+    PrefixTuningConfig, ready for `train_sft(lora=...)` or `attach_lora`.
+
+    Why by name: the PEFT family is configuration, not new code. labkit builds PEFT's own config and
+    PEFT does the rest (`get_peft_model`). "lora" and "dora" (LoRA + a trained magnitude per output)
+    take r, alpha (default 2·r), dropout and targets (default q/k/v/o); "ia3" learns one scale per
+    channel of `targets` (default PEFT's own for the model: k, v and the MLP's down projection);
+    "prompt_tuning" trains `num_virtual_tokens` input embeddings, "prefix_tuning" a key/value prefix
+    for every layer. Keywords a method has no use for are ignored (r for IA3, targets for prompts).
+    """
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    if method not in PEFT_METHODS:
+        close = [m for m in PEFT_METHODS if m.split("_")[0] in method.lower()]
+        raise ValueError(f"Unknown PEFT method {method!r}. Known: {', '.join(PEFT_METHODS)}"
+                         + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
+    if method in ("lora", "dora"):
+        return lora_config(r, 2 * r if alpha is None else alpha, dropout, targets or DEFAULT_TARGETS,
+                           use_dora=method == "dora")
+    if method == "ia3":
+        if targets is None:
+            return IA3Config(task_type=TaskType.CAUSAL_LM)  # PEFT's per-architecture default
+        ff = [t for t in targets if t in ("gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "mlp")]
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=list(targets), feedforward_modules=ff)
+    cls = PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig
+    return cls(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
+
+
 def is_quantized(model: nn.Module) -> bool:
     """True for a model loaded in 4-bit or 8-bit by bitsandbytes."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
@@ -143,14 +177,14 @@ def attach_lora(model: nn.Module, config) -> nn.Module:
     if is_quantized(model):
         use_gc = env.gradient_checkpointing(_device_of(model).type)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gc)
-    targets = config.target_modules
+    targets = getattr(config, "target_modules", None)  # prompt and prefix tuning have none
     try:
         with warnings.catch_warnings():  # transformers' own deprecation inside PEFT: noise for a learner
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear_like(m)})
-        raise LoRAError(f"PEFT could not attach LoRA to targets {sorted(targets or [])}: {exc}\n"
+        raise LoRAError(f"PEFT could not attach {config.peft_type} to targets {sorted(targets or [])}: {exc}\n"
                         f"Linear layer names in this model: {names}") from exc
 
 

@@ -226,6 +226,21 @@ def measure_footprint_mb(model) -> float:
     return model.get_memory_footprint() / 1e6
 
 
+def quant_constants_mb(model) -> float:
+    """The 4-bit weights' quantisation constants in MB: what double quantisation shrinks, and what
+    `measure_footprint_mb` leaves out (`labkit._compat.quant_constants_bytes`)."""
+    from labkit._compat import quant_constants_bytes
+
+    return sum(quant_constants_bytes(p) for p in model.parameters()) / 1e6
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (psutil): the baseline a measured peak is read against."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark for this process (Linux); False if not possible.
 

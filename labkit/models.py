@@ -275,7 +275,7 @@ def _quantized_device(quantization: str | None, dev: str) -> str:
     return env.nf4_device(dev)
 
 
-def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype):
+def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype, double_quant: bool = True):
     if quantization is None:
         return None
     if quantization not in ("nf4", "int8"):
@@ -286,32 +286,36 @@ def _quantization_config(quantization: str | None, dev: str, dtype: torch.dtype)
     except Exception as exc:  # noqa: BLE001 - any import failure means the same fix
         raise ModelError(f"{quantization} needs bitsandbytes, which failed to import ({exc}). "
                          f"Install it: pip install -U '{BITSANDBYTES_REQUIREMENT}'") from exc
-    return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype, fsdp=env.fsdp_launched()))
+    return BitsAndBytesConfig(**bnb_kwargs(quantization, dtype, fsdp=env.fsdp_launched(), double_quant=double_quant))
 
 
-def bnb_kwargs(quantization: str, dtype: torch.dtype, fsdp: bool = False) -> dict:
+def bnb_kwargs(quantization: str, dtype: torch.dtype, fsdp: bool = False, double_quant: bool = True) -> dict:
     """The BitsAndBytesConfig arguments for "nf4" (QLoRA's recipe) or "int8" (drift-guard tested).
+
+    double_quant: QLoRA's double quantisation (the per-block scales themselves stored in 8 bits);
+    False keeps them in fp32, to measure what it saves (exercise E7).
 
     Under FSDP the packed 4-bit weights are stored in `dtype` (bitsandbytes' `quant_storage`, uint8
     otherwise): FSDP shards only float tensors of one dtype (bitsandbytes' FSDP-QLoRA guide).
     """
     if quantization == "nf4":
         storage = {"bnb_4bit_quant_storage": dtype} if fsdp else {}
-        return dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        return dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
                     bnb_4bit_compute_dtype=dtype, **storage)
     return dict(load_in_8bit=True)
 
 
 def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, device: str | None = None,
-               dtype: torch.dtype | None = None):
+               dtype: torch.dtype | None = None, double_quant: bool = True):
     """Load a course model (a registry name, or a local folder saved by save_pretrained) and its
     tokenizer → (model, tokenizer).
 
     dtype defaults to `labkit.env.compute_dtype()` (fp16 on a T4, bf16 on Ampere+ and on CPUs with
     native bf16, fp32 on other CPUs and Apple MPS); pass `dtype=torch.float32` for a like-for-like
     fp32 baseline on any device. Attention follows `labkit.env.attention_implementation`.
-    `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation, compute in that
-    dtype); on Apple silicon it is placed on the CPU (`labkit.env.nf4_device`). Weights are read
+    `quantization="nf4"` gives the QLoRA base (4-bit NF4, double quantisation unless
+    `double_quant=False`, compute in that dtype); on Apple silicon it is placed on the CPU
+    (`labkit.env.nf4_device`). Weights are read
     from safetensors only and no remote code is ever run.
     """
     from transformers import AutoModelForCausalLM
@@ -319,7 +323,7 @@ def load_model(name: str = DEFAULT_MODEL, quantization: str | None = None, devic
     env.library_defaults()
     dev = _quantized_device(quantization, device or env.device())
     dtype = dtype or env.compute_dtype(dev)
-    qconfig = _quantization_config(quantization, dev, dtype)
+    qconfig = _quantization_config(quantization, dev, dtype, double_quant)
     source, tok = _source_and_tokenizer(name)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=False,
                   attn_implementation=env.attention_implementation(dev, dtype))

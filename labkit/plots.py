@@ -383,3 +383,36 @@ def plot_prompting(rows):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+PEFT_FAMILY_PANELS = (("trainable", "trainable parameters (log)", "C1"), ("peak_mb", "peak memory (MB)", "C7"),
+                      ("s_per_step", "seconds per step", "C4"), ("val_loss", "validation loss", "C0"),
+                      ("exact_match", "held-out exact match (%)", "C2"))
+
+
+def plot_peft_family(rows):
+    """The PEFT family on one budget: one bar per method in each of five panels → Figure.
+
+    `rows`: dicts with "method" and the keys of PEFT_FAMILY_PANELS (exact_match a fraction). Why
+    five panels side by side: a method is a trade (what it trains and costs against what it learns),
+    and one row of bars per method shows the whole trade at a glance.
+    """
+    rows = list(rows)
+    keys = ["method"] + [key for key, _, _ in PEFT_FAMILY_PANELS]
+    missing = [k for k in keys if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"plot_peft_family needs rows with {', '.join(keys)} (missing {missing}).")
+    fig, axes = plt.subplots(1, len(PEFT_FAMILY_PANELS), figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
+    ys = list(range(len(rows)))[::-1]
+    for ax, (key, label, color) in zip(axes, PEFT_FAMILY_PANELS, strict=True):
+        values = [row[key] * (100 if key == "exact_match" else 1) for row in rows]
+        ax.barh(ys, values, color=color)
+        if key == "trainable":
+            ax.set_xscale("log")
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys, [row["method"] for row in rows])
+    fig.suptitle("The PEFT family on one budget: same data, same steps", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

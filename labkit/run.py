@@ -26,7 +26,7 @@ from typing import Any
 
 from labkit.config import RunConfig, config_to_dict
 
-__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "dry_run",
+__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "peft_method_config", "dry_run",
            "train_from_config", "RunResult", "rank", "world_size", "is_main_process", "load_adapter",
            "ADAPTER_CONFIG"]
 
@@ -181,6 +181,17 @@ def load_base(name: str, quantization: str | None):
     return load_model(name, quantization=quantization)
 
 
+def peft_method_config(cfg: RunConfig):
+    """The config's lora section as a PEFT config chosen by name (`lora.method`, labkit.lora.peft_config):
+    the `lora=` every labkit trainer takes. `dora: true` with method lora is DoRA."""
+    from labkit.lora import peft_config
+
+    method = "dora" if cfg.lora.method == "lora" and cfg.lora.dora else cfg.lora.method
+    return peft_config(method, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                       targets=cfg.lora_targets if method != "ia3" or "targets" in cfg.lora.model_fields_set else None,
+                       num_virtual_tokens=cfg.lora.virtual_tokens)
+
+
 def lora_keywords(cfg: RunConfig) -> dict[str, Any]:
     """The config's lora section as the `lora=` keywords every labkit trainer takes (labkit.lora.add_lora's)."""
     return dict(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora_targets,
@@ -223,9 +234,9 @@ def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
 
     model, tok = load_base(cfg.model, cfg.quantization_arg)
     data = prepare_data(cfg, tok)
-    from labkit.lora import add_lora
+    from labkit.lora import attach_lora
 
-    model = add_lora(model, **lora_keywords(cfg))
+    model = attach_lora(model, peft_method_config(cfg))
     params = count_parameters(model)
     method = "qlora" if cfg.quantization == "nf4" else "lora"
     dtype_bytes = model.get_base_model().dtype.itemsize if hasattr(model, "get_base_model") else 4
@@ -236,7 +247,9 @@ def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
     eff = effective_batch(cfg)
     steps = -(-len(data.train) // eff) * cfg.training.epochs
     print_fn(str(data.summary))
-    print_fn(f"model: {cfg.model} ({cfg.quantization}), LoRA r={cfg.lora.r} on {', '.join(cfg.lora_targets)}")
+    what = (f"LoRA r={cfg.lora.r} on {', '.join(cfg.lora_targets)}" if cfg.lora.method == "lora"
+            else f"PEFT method {cfg.lora.method}")
+    print_fn(f"model: {cfg.model} ({cfg.quantization}), {what}")
     print_fn(str(params))
     print_fn(f"effective batch: {cfg.training.batch_size} per device × {cfg.training.gradient_accumulation_steps} "
              f"accumulation × {world_size()} process(es) = {eff}; about {steps:.0f} optimizer steps")
@@ -315,7 +328,7 @@ def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bo
         overrides["train_sampling_strategy"] = "random"
     if t.gradient_checkpointing is not None:
         overrides[checkpointing_key()] = t.gradient_checkpointing
-    return train_sft(model, tok, data.train, data.val or None, lora=lora_keywords(cfg), epochs=t.epochs, learning_rate=t.learning_rate,
+    return train_sft(model, tok, data.train, data.val or None, lora=peft_method_config(cfg), epochs=t.epochs, learning_rate=t.learning_rate,
                      batch_size=t.batch_size, max_length=t.max_length, output_dir=out / "checkpoints",
                      resume=resume, early_stopping_patience=t.early_stopping_patience,
                      max_grad_norm=t.max_grad_norm, warmup_ratio=t.warmup_ratio, lr_scheduler=t.lr_scheduler,

@@ -70,6 +70,7 @@ class RunStats:
     peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
     peak_memory_whole_process: bool = False  # the peak could not be reset: it covers the whole process
     wall_seconds: float = 0.0
+    train_seconds: float = 0.0  # inside training steps only (no evaluation, no setup): seconds per step × steps
     steps: int = 0
     output_dir: str = ""
     model: Any = field(default=None, repr=False)
@@ -504,6 +505,7 @@ class TrainingRun:
         h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, memory.mb
         h.peak_memory_whole_process = not memory.since_start
         h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
+        h.train_seconds = meter.seconds
         h.output_dir, h.model = str(self.out), trainer.model
         h.model.eval()
         if live is not None:

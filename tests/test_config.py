@@ -371,3 +371,17 @@ def test_config_round_trips_through_its_dict():
     cfg = config_from_dict({"data": {"course": "invoices"}, "training": {"report_to": "none", "epochs": 3}})
     again = config_from_dict(config_to_dict(cfg))
     assert config_to_dict(again) == config_to_dict(cfg) and "source" not in config_to_dict(cfg)
+
+
+def test_peft_method_is_chosen_by_name():
+    from labkit.run import peft_method_config
+
+    cfg = config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "prefix_tuning", "virtual_tokens": 8}})
+    assert type(peft_method_config(cfg)).__name__ == "PrefixTuningConfig"
+    assert peft_method_config(cfg).num_virtual_tokens == 8
+    cfg = config_from_dict({"data": {"course": "invoices"}, "lora": {"dora": True}})
+    assert peft_method_config(cfg).use_dora
+    cfg = config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "ia3"}})
+    assert type(peft_method_config(cfg)).__name__ == "IA3Config"
+    with pytest.raises(ConfigError, match="lora.method"):
+        config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "adapters"}})

@@ -264,3 +264,35 @@ def test_count_parameters_unpacks_4bit_weights_by_class():
     net = net.to("cpu")
     assert type(net[0].weight).__name__ == "Params4bit" and net[0].weight.numel() == 64 * 32 // 2
     assert count_parameters(net).total == 64 * 32
+
+
+# --------------------------------------------------------------------------------------------
+# The PEFT family by name
+
+
+@pytest.mark.parametrize("method, kind", [("lora", "LoraConfig"), ("dora", "LoraConfig"), ("ia3", "IA3Config"),
+                                          ("prompt_tuning", "PromptTuningConfig"),
+                                          ("prefix_tuning", "PrefixTuningConfig")])
+def test_peft_config_by_name_attaches_and_trains_only_the_method(method, kind):
+    from labkit.lora import attach_lora, peft_config
+    from labkit.models import tiny_model
+
+    config = peft_config(method, r=4, num_virtual_tokens=5)
+    assert type(config).__name__ == kind and config.task_type == "CAUSAL_LM"
+    model = attach_lora(tiny_model(seed=0)[0], config)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert 0 < trainable == count_parameters(model).trainable or method in ("prompt_tuning", "prefix_tuning")
+    assert trainable > 0
+    if method == "dora":
+        assert config.use_dora and config.lora_alpha == 8  # alpha defaults to 2·r
+    if method == "prompt_tuning":  # 5 virtual tokens of the hidden size (64), nothing else
+        assert trainable == 5 * 64
+
+
+def test_peft_config_ia3_targets_and_unknown_names():
+    from labkit.lora import peft_config
+
+    config = peft_config("ia3", targets=ALL_LINEAR_TARGETS)
+    assert set(config.feedforward_modules) == {"gate_proj", "up_proj", "down_proj"}
+    with pytest.raises(ValueError, match="Unknown PEFT method 'prompt'.*prompt_tuning"):
+        peft_config("prompt")

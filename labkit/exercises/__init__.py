@@ -9,6 +9,11 @@ The exercise notebooks themselves are generated from `solutions/` by course tool
 # Each topic's checks live in their own module; import them here so notebooks can write
 # `from labkit.exercises import check_to_record`.
 from labkit.exercises.decide import check_choose  # noqa: F401,E402
-from labkit.exercises.experiments import check_forgetting, check_overfitting, check_rank_choice  # noqa: F401,E402
+from labkit.exercises.experiments import (  # noqa: F401,E402
+    check_forgetting,
+    check_overfitting,
+    check_peft_choice,
+    check_rank_choice,
+)
 from labkit.exercises.feedback import Feedback, report  # noqa: F401
 from labkit.exercises.records import check_clean, check_to_record  # noqa: F401,E402

@@ -176,3 +176,35 @@ def check_rank_choice(sweep: Sequence[Mapping], my_r: int) -> bool:
                               f"fewer parameters than r={my_r}'s {mine['trainable']:,}: returns had stopped before."))
     fb.passed.append(f"returns stop at r={my_r}")
     return report(fb)
+
+
+PEFT_TOLERANCE = 0.10  # E7: "as good" = validation loss within 10% of the best method's
+
+
+@recorded
+def check_peft_choice(rows: Sequence[Mapping], my_method: str) -> bool:
+    """E7: `my_method` is the method with the fewest trainable parameters whose validation loss is within
+    PEFT_TOLERANCE of the best method's.
+
+    rows: one dict per method with "method", "trainable" and "val_loss" (what the table cell builds).
+    """
+    fb = Feedback("PEFT family")
+    if len(rows) < 4:
+        return report(fb.fail("the table", "at least four methods", [row.get("method") for row in rows],
+                              "Train every method in METHODS before choosing."))
+    fb.passed.append(f"{len(rows)} methods measured")
+    by_name = {row["method"]: row for row in rows}
+    if my_method not in by_name:
+        return report(fb.fail("your method", f"one of {list(by_name)}", my_method, "Pick a method from the table."))
+    best = min(row["val_loss"] for row in rows)
+    good = sorted((row for row in rows if row["val_loss"] <= (1 + PEFT_TOLERANCE) * best), key=lambda r: r["trainable"])
+    mine = by_name[my_method]
+    if mine not in good:
+        return report(fb.fail(my_method, f"val loss within {PEFT_TOLERANCE:.0%} of the best ({best:.3f})",
+                              round(mine["val_loss"], 3), "Another method learned clearly more at this budget."))
+    if mine is not good[0]:
+        return report(fb.fail(my_method, "the fewest trainable parameters among the methods that are as good",
+                              f"{mine['trainable']:,}", f"{good[0]['method']} is as good with "
+                              f"{good[0]['trainable']:,} trainable parameters."))
+    fb.passed.append(f"{my_method}: as good as the best with the fewest trainable parameters")
+    return report(fb)
