@@ -287,3 +287,21 @@ def test_bitsandbytes_kernel_fetch_warning_is_dropped_by_compat():
         pytest.skip("this bitsandbytes does not log the kernel-fetch line here (the optional kernel loaded?)")
     quiet = stderr_of("from labkit import _compat; _compat.quiet_bitsandbytes_kernel_fetch(); import bitsandbytes")
     assert "kernels-community" not in quiet, f"API drift: bitsandbytes logs the line elsewhere now: {quiet[-500:]}"
+
+
+def test_quant_constants_bytes_sees_double_quantisation():
+    """_compat.quant_constants_bytes reads bitsandbytes' quant_state (absmax, state2, offset): one fp32
+    constant per block of 64 without double quantisation, one byte (+ a second level) with it."""
+    import bitsandbytes as bnb
+
+    from labkit._compat import quant_constants_bytes
+
+    sizes = {}
+    for dq in (False, True):
+        torch.manual_seed(0)
+        layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.float32, quant_type="nf4",
+                                  compress_statistics=dq).to("cpu")
+        sizes[dq] = quant_constants_bytes(layer.weight)
+    blocks = 256 * 256 // 64
+    assert sizes[False] == blocks * 4 and blocks < sizes[True] < blocks * 2
+    assert quant_constants_bytes(torch.nn.Parameter(torch.zeros(3))) == 0

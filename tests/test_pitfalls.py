@@ -1,4 +1,4 @@
-"""Checks of the experiment exercises (E5: forgetting, E6: a bad fine-tune), on made-up numbers."""
+"""Checks of the experiment exercises (E4: rank, E5: forgetting, E6: a bad fine-tune, E7: the PEFT family), on made-up numbers."""
 
 import pytest
 
@@ -118,3 +118,22 @@ def test_val_loss_of_is_the_token_weighted_mean_of_the_records_losses():
     expected = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
     assert counts[0] != counts[1]  # so a plain mean would differ
     assert val_loss_of(model, tok, records) == pytest.approx(expected, rel=1e-6)
+
+
+def _peft_rows():
+    return [{"method": m, "trainable": t, "val_loss": v} for m, t, v in
+            (("LoRA q,k,v,o", 1_800_000, 0.30), ("LoRA all-linear", 4_900_000, 0.20), ("IA3", 50_000, 0.21),
+             ("prompt tuning", 11_520, 0.90))]
+
+
+def test_check_peft_choice_accepts_the_fewest_parameters_that_are_as_good(capsys):
+    from labkit.exercises import check_peft_choice
+
+    assert check_peft_choice(_peft_rows(), "IA3")
+    assert "✅" in capsys.readouterr().out
+    assert not check_peft_choice(_peft_rows(), "prompt tuning")
+    assert "learned clearly more" in capsys.readouterr().out
+    assert not check_peft_choice(_peft_rows(), "LoRA all-linear")
+    assert "IA3 is as good" in capsys.readouterr().out
+    assert not check_peft_choice(_peft_rows()[:3], "IA3")
+    assert not check_peft_choice(_peft_rows(), "adapters")
