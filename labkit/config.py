@@ -28,6 +28,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -329,8 +330,6 @@ def _first_error(exc: ValidationError, raw: dict, file: str | None, lines: dict[
 
 def _key_lines(text: str) -> dict[str, int]:
     """Key path → 1-based line in the YAML text, so an error can point at the line."""
-    import yaml
-
     out: dict[str, int] = {}
 
     def walk(node, prefix: str) -> None:
@@ -440,8 +439,6 @@ def _check_model(name: str, fail) -> None:
 
 def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
     """Read and check a run config YAML file → RunConfig (raises ConfigError naming file, line and key)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}. Start from one in examples/ (e.g. examples/invoices.yaml), "

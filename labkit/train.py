@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils.notebook import NotebookProgressCallback
 
 from labkit import env
 from labkit._compat import (
@@ -47,6 +50,7 @@ from labkit._compat import (
     unpack_nf4_for_training,
 )
 from labkit.data import validate_records
+from labkit.lora import attach_lora, is_quantized, lora_config
 from labkit.memory import PeakMeter
 
 __all__ = [
@@ -365,7 +369,6 @@ def lora_peft_config(lora):
         return None
     from peft import PeftConfig
 
-    from labkit.lora import lora_config
 
     config = lora_config(**lora) if isinstance(lora, dict) else lora
     if not isinstance(config, PeftConfig):
@@ -375,7 +378,6 @@ def lora_peft_config(lora):
 
 
 def _last_checkpoint(output_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
 
     if not output_dir.is_dir():
         return None
@@ -428,8 +430,6 @@ class TrainingRun:
     def trainable_model(self, model, lora):
         """Attach LoRA as asked (labkit.lora.attach_lora, the one LoRA path), insist on something to
         train, and keep trainable weights in fp32 (mixed precision's master weights)."""
-        from labkit.lora import attach_lora
-
         config = lora_peft_config(lora)
         if config is not None:
             model = attach_lora(model, config)
@@ -446,8 +446,6 @@ class TrainingRun:
         The same `lora=` rule as trainable_model; a 4-bit base gets PEFT's k-bit preparation as
         labkit.lora.attach_lora gives it; a model with adapters already cannot take new ones.
         """
-        from labkit.lora import is_quantized
-
         config = lora_peft_config(lora)
         if config is None:
             return self.trainable_model(model, None), None
@@ -487,8 +485,6 @@ class TrainingRun:
             # T4 has no bf16: keep the trainable weights fp32 there (tests/test_drift.py watches the cast).
             _fp32_master_weights(trainer.model)
         if not self.progress:
-            from transformers.trainer_callback import PrinterCallback
-
             trainer.remove_callback(PrinterCallback)  # progress=False means quiet
         start = time.perf_counter()
         peak = PeakMeter()
@@ -528,7 +524,6 @@ def _pre_training_val_loss(trainer, out: Path, checkpoint: Path | None) -> float
     path = out / _VAL0_FILE
     if checkpoint is not None and path.is_file():
         return float(json.loads(path.read_text())["val_loss"])
-    from transformers.utils.notebook import NotebookProgressCallback
 
     table = trainer.pop_callback(NotebookProgressCallback)  # before training its table could only say "No log"
     try:
@@ -598,7 +593,6 @@ def _checked_val(train: Sequence[dict], val: Sequence[dict] | None) -> Sequence[
 def _early_stopping(patience: int | None) -> list[TrainerCallback]:
     if patience is None:
         return []
-    from transformers import EarlyStoppingCallback
 
     return [EarlyStoppingCallback(early_stopping_patience=patience)]
 
