@@ -296,7 +296,7 @@ def bnb_kwargs(quantization: str, dtype: torch.dtype, fsdp: bool = False, double
     """The BitsAndBytesConfig arguments for "nf4" (QLoRA's recipe) or "int8" (drift-guard tested).
 
     double_quant: QLoRA's double quantisation (the per-block scales themselves stored in 8 bits);
-    False keeps them in fp32, to measure what it saves (exercise E7).
+    False keeps them in fp32, to measure what it saves.
 
     Under FSDP the packed 4-bit weights are stored in `dtype` (bitsandbytes' `quant_storage`, uint8
     otherwise): FSDP shards only float tensors of one dtype (bitsandbytes' FSDP-QLoRA guide).
