@@ -117,7 +117,7 @@ def test_unfilled_exercise_stops_at_its_first_blank_with_a_friendly_message(path
         if cell.cell_type == "code":
             cell.execution_count, cell.outputs = None, []
     with pytest.raises(CellExecutionError) as err:
-        nbs.execute(nb, path.parent, timeout=600)
+        nbs.execute(nb, path.parent, timeout=1200)
     assert err.value.ename == "NotImplementedError"
     assert "Your turn" in err.value.evalue
     # The message is the first blank's own (a blank in a function body fires where it is first called).
