@@ -325,7 +325,7 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
 
     Why not merge into the 4-bit base you trained on: merging computes W + B·A·scale and would have
     to re-quantise that sum to 4 bits, rounding every weight a second time (an error this merge does
-    not make; `merge_into_4bit` and exercise E9 measure it), and a 4-bit merge cannot be undone or
+    not make; `merge_into_4bit` measures it), and a 4-bit merge cannot be undone or
     re-quantised more finely later. So: load the base in
     fp32 (`base_source`: a course model name, or a clean base model object), load the adapter
     weights onto it, compare its logits with the merged model's on a few prompts (they must agree
@@ -390,7 +390,7 @@ def merge_into_4bit(peft_model) -> nn.Module:
     re-quantises the sum to NF4, a second rounding of every weight that a merge into fp32 does not
     make, and the result can never be un-merged or re-quantised more finely. How much of the update
     that rounding loses depends on its size next to the NF4 levels' spacing: compare the result with
-    the unmerged model (`max_logit_diff`, exact match), as exercise E9 does. Runs inside the repacking
+    the unmerged model (`max_logit_diff`, exact match). Runs inside the repacking
     guard; the model you pass is not changed.
     """
     if not is_quantized(peft_model.get_base_model()):
