@@ -39,14 +39,14 @@ from labkit.data import (
     validate_records,
 )
 from labkit.evaluate import compare, evaluate_records
-from labkit.lora import attach_lora, count_parameters, merge_and_verify, save_adapter
+from labkit.lora import attach_lora, count_parameters, merge_and_verify, peft_config, save_adapter
 from labkit.memory import estimate_training_memory
 from labkit.models import REGISTRY, load_model
 from labkit.probe import general_probe
 from labkit.report import METRIC_LABELS, write_run_report
 from labkit.train import train_sft
 
-__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "lora_keywords", "peft_method_config", "dry_run",
+__all__ = ["DataSummary", "PreparedData", "prepare_data", "load_base", "peft_method_config", "dry_run",
            "train_from_config", "RunResult", "rank", "world_size", "is_main_process", "load_adapter",
            "ADAPTER_CONFIG"]
 
@@ -196,18 +196,10 @@ def load_base(name: str, quantization: str | None):
 def peft_method_config(cfg: RunConfig):
     """The config's lora section as a PEFT config chosen by name (`lora.method`, labkit.lora.peft_config):
     the `lora=` every labkit trainer takes. `dora: true` with method lora is DoRA."""
-    from labkit.lora import peft_config
-
     method = "dora" if cfg.lora.method == "lora" and cfg.lora.dora else cfg.lora.method
     return peft_config(method, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                        targets=cfg.lora_targets if method != "ia3" or "targets" in cfg.lora.model_fields_set else None,
                        num_virtual_tokens=cfg.lora.virtual_tokens)
-
-
-def lora_keywords(cfg: RunConfig) -> dict[str, Any]:
-    """The config's lora section as the `lora=` keywords every labkit trainer takes (labkit.lora.add_lora's)."""
-    return dict(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora_targets,
-                use_dora=cfg.lora.dora)
 
 
 def load_adapter(adapter_dir: str | Path) -> tuple[Any, Any, RunConfig]:
