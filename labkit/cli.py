@@ -124,6 +124,8 @@ def _export_parser(export: argparse.ArgumentParser) -> None:
     gguf.add_argument("--template", choices=["chat", "course"], help="the prompt format the Modelfile uses, as the "
                       "model was trained (default: data.template of the labkit.yaml that labkit train / labkit "
                       "merge leave in the folder; chat when there is none)")
+    gguf.add_argument("--pre-tokenizer", metavar="NAME", help="llama.cpp's name for the tokenizer's pre-tokenizer, "
+                      "where labkit cannot name it (e.g. gpt2 for plain byte-level BPE; default: found by hashing)")
     gguf.add_argument("--no-verify", action="store_true", help="skip loading the files back (faster; unchecked)")
 
 
@@ -271,7 +273,7 @@ def _export(args) -> int:
     source = Path(args.model)
     adapter = source / "adapter" if (source / "adapter" / "adapter_config.json").is_file() else source
     options = dict(types=args.types or ["f16", "q8_0"], verify=not args.no_verify,
-                   template=args.template or _trained_template(adapter))
+                   template=args.template or _trained_template(adapter), pre_tokenizer=args.pre_tokenizer)
     with tempfile.TemporaryDirectory(prefix="labkit-merged-") as tmp:
         if (adapter / "adapter_config.json").is_file():
             from labkit.run import merge_adapter

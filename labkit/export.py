@@ -108,7 +108,7 @@ class GGUFExport:
 
 def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Sequence[str] = ("f16",),
                 *, verify: bool = True, prompts: Sequence[str] = DEFAULT_PROMPTS, name: str | None = None,
-                template: str = "chat", system: str | None = None) -> GGUFExport:
+                template: str = "chat", system: str | None = None, pre_tokenizer: str | None = None) -> GGUFExport:
     """Write `model` (a folder saved by save_pretrained, e.g. `labkit merge`'s, or a course model name)
     to `out_dir/<name>-<type>.gguf` for each of `types`, plus an Ollama `Modelfile` for the first.
 
@@ -117,6 +117,8 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
     raised, because a GGUF that loads but answers differently is worse than no file. To export a LoRA
     adapter, merge it first (`labkit merge`, or `labkit export gguf ADAPTER_DIR`, which merges for you).
     `template` and `system` go to the Modelfile (`write_modelfile`): "chat" or "course", as trained.
+    `pre_tokenizer` is llama.cpp's name for the tokenizer's pre-tokenizer, for a tokenizer labkit cannot
+    name itself (see `write_gguf`).
     """
     bad = [t for t in types if t not in GGUF_TYPES]
     if bad or not types:
@@ -135,7 +137,8 @@ def export_gguf(model: str | os.PathLike, out_dir: str | os.PathLike, types: Seq
     stem = name or _default_name(model)
     report = GGUFExport(folder=out)
     for gguf_type in dict.fromkeys(types):
-        path = write_gguf(source, folder, out / f"{stem}-{gguf_type}.gguf", gguf_type, name=stem)
+        path = write_gguf(source, folder, out / f"{stem}-{gguf_type}.gguf", gguf_type, name=stem,
+                          pre_tokenizer=pre_tokenizer)
         entry = GGUFFile(gguf_type, path, path.stat().st_size / 2**20)
         if verify:  # the tokenizer metadata is the same in every file: its read-back is checked on the first
             verify_gguf(source, tok, entry, prompts, check_tokenizer=not report.files)
@@ -169,12 +172,14 @@ def check_supported(config) -> None:
 
 
 def write_gguf(model, folder: str | os.PathLike, path: str | os.PathLike, gguf_type: str = "f16", *,
-               name: str | None = None, rope_permute: bool = True) -> Path:
+               name: str | None = None, rope_permute: bool = True, pre_tokenizer: str | None = None) -> Path:
     """Write one GGUF file: hyperparameters, tokenizer (from `folder`), then every tensor → the path.
 
     `folder` holds the model's tokenizer files (save_pretrained's); `name` goes into general.name.
     `rope_permute=False` leaves out llama.cpp's q/k row permutation: only to show what the round-trip
     check catches (the file loads, the logits are wrong). Never use it for a real export.
+    `pre_tokenizer` overrides the name labkit finds by hashing (`tokenizer.ggml.pre`, e.g. "gpt2" for plain
+    byte-level BPE): llama.cpp splits text with it, so a wrong name gives a file that tokenizes differently.
     """
     import gguf
 
@@ -186,7 +191,7 @@ def write_gguf(model, folder: str | os.PathLike, path: str | os.PathLike, gguf_t
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name or Path(folder).resolve().name)
     _add_hparams(writer, model.config, gguf_type)
-    _add_tokenizer(writer, Path(folder), model.config.vocab_size)
+    _add_tokenizer(writer, Path(folder), model.config.vocab_size, pre_tokenizer)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
     for hf_name, tensor in _tensors(model, rope_permute):
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -223,7 +228,7 @@ def _add_hparams(writer, config, gguf_type: str) -> None:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
+def _add_tokenizer(writer, folder: Path, vocab_size: int, pre_tokenizer: str | None = None) -> None:
     """The gpt2 (byte-level BPE) tokenizer as llama.cpp reads it: tokens, their types, merges, special
     ids, add-BOS flag and chat template (merges, ids and template through gguf's own SpecialVocab)."""
     import gguf
@@ -235,7 +240,7 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
                           "(SmolLM2's kind). Save the tokenizer next to the model (tok.save_pretrained).")
     tokens, types = _token_list(tok, vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(tok))
+    writer.add_tokenizer_pre(pre_tokenizer or _pre_tokenizer(tok))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     prefix = _tokenizer_config(folder).get("add_prefix_space")
@@ -277,7 +282,9 @@ def _pre_tokenizer(tok) -> str:
     if digest not in _KNOWN_PRE:
         raise ExportError("This tokenizer's pre-tokenizer is not one labkit knows how to name for llama.cpp "
                           f"(labkit knows: {', '.join(sorted(set(_KNOWN_PRE.values())))}; hash {digest[:12]}). "
-                          "Use llama.cpp's convert_hf_to_gguf.py, which knows many more.")
+                          "Use llama.cpp's convert_hf_to_gguf.py, which knows many more, or name it yourself if you "
+                          "know it (--pre-tokenizer NAME, export_gguf(pre_tokenizer=NAME); 'gpt2' is plain byte-level "
+                          "BPE): a wrong name gives a file that splits text differently from your tokenizer.")
     return _KNOWN_PRE[digest]
 
 

@@ -149,8 +149,15 @@ def test_train_eval_chat_merge_resume_on_a_tiny_model(tiny_config, capsys):
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert (out / "merged" / "model.safetensors").exists()
     assert cli._trained_template(out / "merged") == "course"  # labkit merge keeps the run config's template
-    assert cli.main(["export", "gguf", str(out), str(out / "gguf"), "--type", "f16", "--no-verify"]) == 0
+    export = ["export", "gguf", str(out), str(out / "gguf"), "--type", "f16", "--no-verify"]
+    capsys.readouterr()
+    assert cli.main(export) == 2  # the tiny tokenizer's hash is not one labkit knows: refused, with the way out
+    assert "--pre-tokenizer NAME" in capsys.readouterr().err and not (out / "gguf" / "out-f16.gguf").exists()
+    assert cli.main([*export, "--pre-tokenizer", "gpt2"]) == 0  # plain byte-level BPE, as conftest builds it
     assert (out / "gguf" / "out-f16.gguf").is_file()  # the run folder's adapter, merged first
+    from gguf import GGUFReader
+
+    assert GGUFReader(out / "gguf" / "out-f16.gguf").fields["tokenizer.ggml.pre"].contents() == "gpt2"
     assert "### Instruction:" in (out / "gguf" / "Modelfile").read_text()  # prompted as it was trained
 
     assert cli.main(["train", str(tiny_config), "--quiet", "--resume"]) == 0  # already done: nothing to redo
