@@ -325,14 +325,15 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
 
     Why not merge into the 4-bit base you trained on: merging computes W + B·A·scale and would have
     to re-quantise that sum to 4 bits, rounding every weight a second time (an error this merge does
-    not make; `merge_into_4bit` measures it), and a 4-bit merge cannot be undone or
+    not make; `merge_into_4bit` and exercise E9 measure it), and a 4-bit merge cannot be undone or
     re-quantised more finely later. So: load the base in
     fp32 (`base_source`: a course model name, or a clean base model object), load the adapter
     weights onto it, compare its logits with the merged model's on a few prompts (they must agree
     within `atol`), and return the merged model.
 
     If you trained on NF4, your model and the merged fp32 model differ by the quantisation error
-    of the base: reported as `source_diff`, for information; the same for a bf16/fp16 base (labkit's
+    of the base (the adapter learned on the NF4 weights): reported as `source_diff`, for information,
+    and `merge_into_dequantized` merges into those weights instead (exercise E9 measures both); the same for a bf16/fp16 base (labkit's
     default on GPUs and on CPUs with native bf16), whose rounding error exceeds atol. If you trained
     on an fp32 base, `source_diff` must be within atol too — a large one means the wrong base model.
     """
@@ -390,13 +391,39 @@ def merge_into_4bit(peft_model) -> nn.Module:
     re-quantises the sum to NF4, a second rounding of every weight that a merge into fp32 does not
     make, and the result can never be un-merged or re-quantised more finely. How much of the update
     that rounding loses depends on its size next to the NF4 levels' spacing: compare the result with
-    the unmerged model (`max_logit_diff`, exact match). Runs inside the repacking
+    the unmerged model (`max_logit_diff`, exact match), as exercise E9 does. Runs inside the repacking
     guard; the model you pass is not changed.
     """
     if not is_quantized(peft_model.get_base_model()):
         raise LoRAError("merge_into_4bit needs a PeftModel on a 4-bit base (load_model(quantization='nf4')).")
     with no_repacking(peft_model):
         return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def merge_into_dequantized(peft_model) -> nn.Module:
+    """Merge a QLoRA adapter into its NF4 base *dequantised to fp32* (a copy): the faithful QLoRA merge.
+
+    The adapter learned to correct the NF4 base it was trained on, not the original weights. Merged
+    into the original fp32 base (`merge_and_verify`) it is a different model, off by the base's
+    quantisation error; merged into NF4 (`merge_into_4bit`) every weight is rounded a second time.
+    Dequantising the NF4 weights to fp32 first and adding B·A·scale there keeps the model you trained
+    (up to fp32 rounding) in full precision, ready to save or export; it costs the full-precision size.
+    The model you pass is not changed.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not is_quantized(peft_model.get_base_model()):
+        raise LoRAError("merge_into_dequantized needs a PeftModel on a 4-bit base (QLoRA); for a 16/32-bit base "
+                        "merge_and_verify is already exact.")
+    with no_repacking(peft_model):
+        twin = copy.deepcopy(peft_model)
+    name = twin.active_adapter
+    config, weights = copy.deepcopy(twin.peft_config[name]), get_peft_model_state_dict(twin, adapter_name=name)
+    base = twin.unload().dequantize(dtype=torch.float32)  # transformers' bitsandbytes dequantisation
+    base.is_loaded_in_4bit = base.is_loaded_in_8bit = False  # dequantize() leaves the load-time flags set
+    merged = get_peft_model(base, config, adapter_name=name)
+    set_peft_model_state_dict(merged, weights, adapter_name=name)
+    return merged.merge_and_unload().eval()
 
 
 def max_logit_diff(model_a: nn.Module, model_b: nn.Module, tokenizer, prompts: Sequence[str] | None = None) -> float:

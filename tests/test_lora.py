@@ -287,6 +287,41 @@ def test_merge_into_4bit_loses_a_small_update_and_leaves_the_model_alone(tmp_pat
         merge_into_4bit(add_lora(load_model(str(tmp_path / "tiny"))[0], r=4))
 
 
+def test_merge_into_dequantized_keeps_the_qlora_model_and_the_fp32_merge_does_not(tmp_path):
+    """The adapter was trained against NF4 weights: merged into them dequantised it is the same model;
+    merged into the original fp32 base it is off by the base's quantisation error; into NF4, re-rounded."""
+    from labkit.lora import (
+        is_quantized,
+        max_logit_diff,
+        merge_and_verify,
+        merge_into_4bit,
+        merge_into_dequantized,
+    )
+    from labkit.models import load_model, save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny")
+    model, tok = load_model(str(folder), quantization="nf4", dtype=torch.float32)
+    model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    merged = merge_into_dequantized(model)
+    assert not is_quantized(merged) and not _has_lora(merged)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    faithful = max_logit_diff(model, merged, tok)
+    fp32_base = merge_and_verify(model, load_model(str(folder), dtype=torch.float32)[0], tok).merged_model
+    assert faithful < 1e-4 < max_logit_diff(model, fp32_base, tok)
+    assert faithful < max_logit_diff(model, merge_into_4bit(model), tok)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
+    with pytest.raises(LoRAError, match="4-bit base"):
+        merge_into_dequantized(add_lora(load_model(str(folder))[0], r=4))
+
+
+def _has_lora(model) -> bool:
+    return any("lora_" in n for n, _ in model.named_parameters())
+
+
 # --------------------------------------------------------------------------------------------
 # The PEFT family by name
 

@@ -40,10 +40,14 @@ def test_check_data_quality_rejects_slips(capsys):
 
 
 def test_check_merge_choice(capsys):
-    merges = {"into the fp32 base": {"max_logit_diff": 0.4, "exact_match": 0.5},
-              "into the NF4 base": {"max_logit_diff": 9.0, "exact_match": 0.0}}
-    assert check_merge_choice(merges, "into the fp32 base")
-    assert not check_merge_choice(merges, "into the NF4 base")
-    assert "moved the logits by 9.00" in capsys.readouterr().out
+    merges = {"into the NF4 base": {"bits": 4, "vs_trained": 0.5, "exact_match": 0.5},
+              "into the original fp32 base": {"bits": 32, "vs_trained": 14.0, "exact_match": 0.375},
+              "into the dequantised NF4 base": {"bits": 32, "vs_trained": 0.8, "exact_match": 0.5}}
+    assert check_merge_choice(merges, "into the dequantised NF4 base")
+    assert not check_merge_choice(merges, "into the original fp32 base")
+    assert "up to 14.00 from the trained model" in capsys.readouterr().out
+    assert not check_merge_choice(merges, "into the NF4 base")  # closest here, but 4-bit forever
+    assert "un-merged" in capsys.readouterr().out
     assert not check_merge_choice(merges, "into bf16")
-    assert not check_merge_choice({"into the fp32 base": merges["into the fp32 base"]}, "into the fp32 base")
+    assert not check_merge_choice({"into the NF4 base": merges["into the NF4 base"]}, "into the NF4 base")
+    assert not check_merge_choice({k: {"vs_trained": 0.1} for k in merges}, "into the NF4 base")

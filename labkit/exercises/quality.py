@@ -76,22 +76,26 @@ def check_data_quality(sets: Mapping[str, Sequence[Mapping]], results: Sequence[
 
 @recorded
 def check_merge_choice(merges: Mapping[str, Mapping], my_choice: str) -> bool:
-    """E9: `my_choice` is the faithful merge: the smallest merge error, max |Δlogit| between the merged
-    model and the unmerged adapter on the same base (a merge should change nothing).
+    """E9: `my_choice` is the merge to ship: a full-precision one (not 4-bit), and of those the one still
+    closest to the model you trained (max |Δlogit| against the QLoRA adapter on its NF4 base).
 
-    merges: {name: {"max_logit_diff": float, ...}}, one per merged model.
+    merges: {name: {"bits": 4 or 32, "vs_trained": float, ...}}, one per merged model.
     """
     fb = Feedback("where to merge")
-    if len(merges) < 2 or not all("max_logit_diff" in row for row in merges.values()):
-        return report(fb.fail("the merges", "two merged models, each with its max_logit_diff",
-                              {k: sorted(v) for k, v in merges.items()}, "Measure both merges first."))
+    if len(merges) < 2 or not all({"bits", "vs_trained"} <= set(row) for row in merges.values()):
+        return report(fb.fail("the merges", "at least two merged models, each with bits and vs_trained",
+                              {k: sorted(v) for k, v in merges.items()}, "Measure every merge first."))
     fb.passed.append(f"{len(merges)} merges measured")
     if my_choice not in merges:
         return report(fb.fail("your choice", f"one of {sorted(merges)}", my_choice, "Pick one of the merges you measured."))
-    closest = min(merges, key=lambda name: merges[name]["max_logit_diff"])
+    if merges[my_choice]["bits"] <= 4:
+        return report(fb.fail("your choice", "a full-precision merge", my_choice, "A 4-bit merge rounded every weight "
+                              "again, and it can never be un-merged or re-quantised more finely."))
+    full = [name for name in merges if merges[name]["bits"] > 4]
+    closest = min(full, key=lambda name: merges[name]["vs_trained"])
     if my_choice != closest:
-        return report(fb.fail("your choice", "the merge with the smallest merge error", my_choice,
-                              f"Its merge moved the logits by {merges[my_choice]['max_logit_diff']:.2f}, more than "
-                              "another merge did: a faithful merge gives the same model in one piece."))
-    fb.passed.append(f"the faithful merge is {my_choice!r}")
+        return report(fb.fail("your choice", "the full-precision merge closest to the model you trained", my_choice,
+                              f"Its logits are up to {merges[my_choice]['vs_trained']:.2f} from the trained model's, "
+                              "further than another merge's: ship the merge that is the model you measured."))
+    fb.passed.append(f"the merge to ship is {my_choice!r}")
     return report(fb)
