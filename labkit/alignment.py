@@ -357,6 +357,177 @@ def group_advantages(rewards: Sequence[float], eps: float = 1e-4) -> list[float]
 
 
 # ------------------------------------------------------------------------------------------------
+# GRPO training: rewards with partial credit, train_grpo, and the held-out reward
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def brevity_reward(completions: Sequence[str], limit: int = 12, slack: int = 30, **_) -> list[float]:
+    """1.0 for an answer of at most `limit` words, then linearly less, 0.0 from `limit + slack` words.
+
+    Why partial credit: GRPO learns only from groups whose rewards differ (`frac_reward_zero_std` is
+    the share that do not). An all-or-nothing "≤ 12 words" gives the 135M model's 40-word answers
+    zeros across the group, and nothing to learn. Extra keywords (TRL passes the data set's other
+    columns) are ignored. Alone it is hackable: an empty answer scores 1.0 (see concise_reward).
+    """
+    return [1.0 if (n := word_count(c)) <= limit else max(0.0, 1.0 - (n - limit) / slack) for c in completions]
+
+
+_FUNCTION_WORDS = frozenset("that this with from have what which there their they your about into more some when "
+                            "will would than then been were also such each very just like".split())
+
+
+def _stems(text: str) -> set[str]:
+    """Content words (4+ letters, not function words) cut to 5 letters: 'measures' and 'measure' match."""
+    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in _FUNCTION_WORDS}
+
+
+def content_reward(completions: Sequence[str], chosen: Sequence[str], **_) -> list[float]:
+    """Share of the reference answer's content words that the completion also uses (0.0-1.0).
+
+    `chosen` is the data set's reference answer column. A crude check (word stems, not meaning), but
+    a program can compute it, and it is zero for an answer that says nothing.
+    """
+    scores = []
+    for completion, reference in zip(completions, chosen, strict=True):
+        want = _stems(reference)
+        scores.append(len(want & _stems(completion)) / len(want) if want else 1.0)
+    return scores
+
+
+def concise_reward(completions: Sequence[str], chosen: Sequence[str], **_) -> list[float]:
+    """brevity × content: short *and* on topic. The fix for brevity's hack: a product, so an answer
+    that drops the content scores 0 however short it is (a sum would still pay for brevity alone)."""
+    return [b * c for b, c in zip(brevity_reward(completions), content_reward(completions, chosen), strict=True)]
+
+
+@dataclass
+class GRPOHistory(RunStats):
+    """What a GRPO run did, per step, as plain numbers (TRL's log names in brackets).
+
+    reward: mean reward of the step's sampled completions [reward]; reward_std: their spread within
+    groups [reward_std]; zero_std: share of the step's prompts whose group all scored the same, so
+    taught nothing [frac_reward_zero_std]; length: mean completion length in tokens
+    [completions/mean_length]; by_function: each reward function's mean [rewards/<name>/mean].
+    """
+
+    reward: list[float] = field(default_factory=list)
+    reward_std: list[float] = field(default_factory=list)
+    zero_std: list[float] = field(default_factory=list)
+    length: list[float] = field(default_factory=list)
+    by_function: dict[str, list[float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """First and last step's reward, spread and zero-spread share, then the run's cost."""
+        lines = [f"{'':>10} {'reward':>7} {'std':>6} {'zero std':>8} {'length':>6}"]
+        for name, i in (("first step", 0), ("last step", -1)):
+            if self.reward:
+                lines.append(f"{name:>10} {self.reward[i]:7.3f} {self.reward_std[i]:6.3f} {self.zero_std[i]:8.0%} "
+                             f"{self.length[i]:6.1f}")
+        lines.append(self.stats_line())
+        return "\n".join(lines)
+
+
+def grpo_history_from_log(log_history: Sequence[dict], val0: float | None = None) -> GRPOHistory:
+    """Trainer's log_history → GRPOHistory (numbers only; GRPO has no validation loss: val0 is unused)."""
+    h = GRPOHistory()
+    for entry in log_history:
+        if "reward" not in entry:
+            continue
+        h.reward.append(float(entry["reward"]))
+        h.reward_std.append(float(entry.get("reward_std", 0.0)))
+        h.zero_std.append(float(entry.get("frac_reward_zero_std", 0.0)))
+        h.length.append(float(entry.get("completions/mean_length", 0.0)))
+        for key, value in entry.items():
+            if key.startswith("rewards/") and key.endswith("/mean"):
+                h.by_function.setdefault(key[len("rewards/"):-len("/mean")], []).append(float(value))
+    return h
+
+
+def grpo_config_kwargs(output_dir: str, *, device: str | None = None, steps: int = 20, learning_rate: float = 2e-4,
+                       num_generations: int = 4, prompts_per_step: int = 2, max_completion_length: int = 48,
+                       temperature: float = 1.0, beta: float = 0.0, seed: int = 0, progress: bool = True,
+                       **overrides) -> dict:
+    """Every GRPOConfig keyword labkit sets → a dict (`GRPOConfig(**kwargs)`); `overrides` win.
+
+    A step samples `num_generations` answers for each of `prompts_per_step` prompts (TRL counts the
+    batch in completions: their product). beta=0 (TRL's default): no reference model, so no second
+    forward pass. A constant learning rate, so that a short run is not mostly warm-up. The device
+    part is SFT's (labkit.train.device_training_kwargs).
+    """
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir), max_steps=steps, learning_rate=learning_rate, lr_scheduler_type="constant",
+        num_generations=num_generations, per_device_train_batch_size=num_generations * prompts_per_step,
+        max_completion_length=max_completion_length, temperature=temperature, beta=beta, seed=seed,
+        data_seed=seed, logging_steps=1, save_strategy="steps", save_steps=max(1, steps // 2), save_total_limit=1,
+        report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        **device_training_kwargs(device),
+    )
+    kw.update(overrides)
+    return kw
+
+
+def train_grpo(model, tokenizer, records: Sequence[dict], reward_funcs, *, lora=None, steps: int = 20,
+               learning_rate: float = 2e-4, num_generations: int = 4, prompts_per_step: int = 2,
+               max_completion_length: int = 48, temperature: float = 1.0, beta: float = 0.0,
+               output_dir: str | os.PathLike | None = None, resume: bool = False, seed: int = 0,
+               plot: bool = True, progress: bool = True, callbacks: Sequence = (), device: str | None = None,
+               **overrides) -> GRPOHistory:
+    """Reinforce `model` with TRL's GRPOTrainer on `records` (each a "prompt" plus any columns the
+    reward functions read, e.g. "chosen") → GRPOHistory.
+
+    reward_funcs: one function or a list, called as TRL calls them, `f(completions=..., prompts=...,
+    <column>=...)` → one float per completion (brevity_reward, concise_reward). lora: as train_dpo
+    (fresh adapters via TRL's peft_config). learning_rate=0 is the control: the same seed samples the
+    same first groups, and nothing is learned, so a reward that rises anyway is noise, not learning.
+    The run is train_sft's (`labkit.train.TrainingRun`): device recipe, guards, OOM message, resume.
+    """
+    from trl import GRPOConfig
+
+    validate_records(records, "train", fields=("prompt",))
+    if prompts_per_step > len(records):
+        raise ValueError(f"prompts_per_step={prompts_per_step} is more than the {len(records)} prompts given.")
+    run = TrainingRun(output_dir=output_dir, resume=resume, seed=seed, device=device,
+                      batch_size=num_generations * prompts_per_step, max_length=max_completion_length, plot=plot,
+                      progress=progress, callbacks=callbacks, kind="grpo")
+    model, peft_config = run.model_for_trainer_adapters(model, lora)
+    config = GRPOConfig(**grpo_config_kwargs(
+        str(run.out), device=run.device, steps=steps, learning_rate=learning_rate, num_generations=num_generations,
+        prompts_per_step=prompts_per_step, max_completion_length=max_completion_length, temperature=temperature,
+        beta=beta, seed=seed, progress=progress, **overrides))
+
+    def make_trainer(cbs):
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=Dataset.from_list(
+            [dict(r) for r in records]), processing_class=tokenizer, peft_config=peft_config, callbacks=cbs)
+
+    from labkit.plots import LiveRewardPlot
+
+    return run.train(config, model, make_trainer, grpo_history_from_log, live_plot=LiveRewardPlot,
+                     measure_val0=False)
+
+
+def heldout_reward(model, tokenizer, records: Sequence[dict], reward_func, max_new_tokens: int = 48,
+                   progress: bool = False) -> tuple[float, list[str]]:
+    """Mean reward of the model's greedy answers to held-out `records` → (mean, the answers).
+
+    Greedy, as every labkit evaluation: the same model always gets the same score, so base vs
+    trained differ only by what training changed.
+    """
+    from labkit.evaluate import generate
+
+    answers = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                       progress=progress)
+    columns = {k: [r[k] for r in records] for k in records[0] if k != "prompt"}
+    scores = reward_func(completions=answers, prompts=[r["prompt"] for r in records], **columns)
+    return statistics.fmean(scores), answers
+
+
+# ------------------------------------------------------------------------------------------------
 # The tooling landscape
 
 TOOLING: list[dict[str, str]] = [

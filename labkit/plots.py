@@ -141,6 +141,43 @@ class LivePreferencePlot(_LiveFigure):
         self.fig.tight_layout()
 
 
+def plot_grpo_training(history, control=None, axes=None):
+    """A GRPO run (labkit.alignment.GRPOHistory) on two panels: mean reward per step (and the
+    learning-rate-0 control's, dashed, when given), and the share of groups with no reward spread.
+
+    Why the control: sampled rewards wander from step to step by chance; only the gap to a run that
+    cannot learn is learning. Why the second panel: a group whose answers all score the same gives
+    GRPO nothing to push on, so a share stuck at 1 means the reward cannot teach this model.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    runs = [("trained", history, "-")] + ([("control (lr=0)", control, "--")] if control is not None else [])
+    for ax in axes:
+        ax.clear()
+    for label, h, style in runs:
+        axes[0].plot(range(1, len(h.reward) + 1), h.reward, style, marker="o", ms=3, label=label)
+        axes[1].plot(range(1, len(h.zero_std) + 1), h.zero_std, style, marker="o", ms=3, label=label)
+    for ax, title in zip(axes, ("mean reward of the sampled answers", "groups with zero reward spread"),
+                         strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=8)
+    return axes
+
+
+class LiveRewardPlot(_LiveFigure):
+    """plot_grpo_training redrawn in place while a GRPO run trains (same rules as LiveLossPlot)."""
+
+    ALT = "A GRPO run: mean reward and the share of groups with zero reward spread, per step"
+    PANELS, SIZE = 2, (10, 3.2)
+
+    def _draw(self, history) -> None:
+        plot_grpo_training(history, axes=self.fig.axes)
+        self.fig.tight_layout()
+
+
 def _in_notebook() -> bool:
     """True in a Jupyter kernel (JupyterLab, VS Code, Colab, nbclient), where one display updates in
     place; False in a terminal IPython, a script or a test.
