@@ -294,11 +294,14 @@ class MergeReport:
     source_quantized: bool
     atol: float
     source_16bit: bool = False
+    dequantized: bool = False  # merged into the trained NF4 base, dequantised (merge_into_dequantized)
 
     def __str__(self) -> str:
-        src = ("NF4/8-bit base (quantisation error, information only)" if self.source_quantized else
+        src = ("its NF4 base dequantised: compute precision only, information only" if self.dequantized else
+               "NF4/8-bit base (quantisation error, information only)" if self.source_quantized else
                "bf16/fp16 base (rounding error, information only)" if self.source_16bit else "same-precision base")
-        return (f"merged vs adapter+fp32 base: max |Δlogit| = {self.max_abs_diff:.2e} (atol {self.atol:g}) "
+        base = "dequantised NF4 base" if self.dequantized else "fp32 base"
+        return (f"merged vs adapter+{base}: max |Δlogit| = {self.max_abs_diff:.2e} (atol {self.atol:g}) "
                 f"-> {'OK' if self.ok else 'MISMATCH'}\n"
                 f"merged vs the model you trained ({src}): max |Δlogit| = {self.source_diff:.2e}")
 
@@ -400,30 +403,29 @@ def merge_into_4bit(peft_model) -> nn.Module:
         return copy.deepcopy(peft_model).merge_and_unload()
 
 
-def merge_into_dequantized(peft_model) -> nn.Module:
-    """Merge a QLoRA adapter into its NF4 base *dequantised to fp32* (a copy): the faithful QLoRA merge.
+def merge_into_dequantized(peft_model, tokenizer=None, atol: float = 1e-3,
+                           prompts: Sequence[str] | None = None) -> MergeReport:
+    """Merge a QLoRA adapter into its NF4 base *dequantised to fp32*: the faithful QLoRA merge → MergeReport.
 
     The adapter learned to correct the NF4 base it was trained on, not the original weights. Merged
-    into the original fp32 base (`merge_and_verify`) it is a different model, off by the base's
-    quantisation error; merged into NF4 (`merge_into_4bit`) every weight is rounded a second time.
-    Dequantising the NF4 weights to fp32 first and adding B·A·scale there keeps the model you trained
-    (up to fp32 rounding) in full precision, ready to save or export; it costs the full-precision size.
-    The model you pass is not changed.
+    into the original fp32 base (`merge_and_verify` with the model's name) it is a different model,
+    off by the base's quantisation error; merged into NF4 (`merge_into_4bit`) every weight is rounded a
+    second time. Here the NF4 weights are turned back into fp32 numbers (the same values) and B·A·scale
+    is added there: the model you trained, in full precision, ready to save or export; it costs the
+    full-precision size. `merge_and_verify` checks the merge on that base; the report's `source_diff`
+    (merged vs your model) is then compute precision only: ~1e-6 where NF4 computes in fp32, more
+    where it computes in bf16. Exercise E9 measures all three merges. The model you pass is not changed.
     """
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
     if not is_quantized(peft_model.get_base_model()):
         raise LoRAError("merge_into_dequantized needs a PeftModel on a 4-bit base (QLoRA); for a 16/32-bit base "
                         "merge_and_verify is already exact.")
     with no_repacking(peft_model):
         twin = copy.deepcopy(peft_model)
-    name = twin.active_adapter
-    config, weights = copy.deepcopy(twin.peft_config[name]), get_peft_model_state_dict(twin, adapter_name=name)
     base = twin.unload().dequantize(dtype=torch.float32)  # transformers' bitsandbytes dequantisation
     base.is_loaded_in_4bit = base.is_loaded_in_8bit = False  # dequantize() leaves the load-time flags set
-    merged = get_peft_model(base, config, adapter_name=name)
-    set_peft_model_state_dict(merged, weights, adapter_name=name)
-    return merged.merge_and_unload().eval()
+    report = merge_and_verify(peft_model, base, tokenizer=tokenizer, atol=atol, prompts=prompts)
+    report.dequantized = True
+    return report
 
 
 def max_logit_diff(model_a: nn.Module, model_b: nn.Module, tokenizer, prompts: Sequence[str] | None = None) -> float:

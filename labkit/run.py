@@ -39,7 +39,15 @@ from labkit.data import (
     validate_records,
 )
 from labkit.evaluate import compare, evaluate_records
-from labkit.lora import attach_lora, count_parameters, merge_and_verify, peft_config, save_adapter
+from labkit.lora import (
+    attach_lora,
+    count_parameters,
+    is_quantized,
+    merge_and_verify,
+    merge_into_dequantized,
+    peft_config,
+    save_adapter,
+)
 from labkit.memory import estimate_training_memory
 from labkit.models import REGISTRY, load_model
 from labkit.probe import general_probe
@@ -397,10 +405,14 @@ def prompt_for(cfg: RunConfig, tokenizer, text: str) -> str:
 def merge_adapter(adapter_dir: str | Path, out: str | Path):
     """Merge into a full-precision base (labkit.lora.merge_and_verify), save safetensors, the tokenizer and
     the run config (labkit.yaml: the prompt template, which `labkit export gguf` writes into the Modelfile)
-    → the MergeReport."""
+    → the MergeReport. A QLoRA run's adapter goes into its NF4 base dequantised to fp32, the weights it
+    learned on (labkit.lora.merge_into_dequantized; exercise E9 measures why not the original base)."""
     model, tok, cfg = load_adapter(adapter_dir)
-    base_source: Any = cfg.model if cfg.model in REGISTRY else load_base(cfg.model, None)[0]
-    report = merge_and_verify(model, base_source=base_source, tokenizer=tok)
+    if is_quantized(model.get_base_model()):
+        report = merge_into_dequantized(model, tokenizer=tok)
+    else:
+        base_source: Any = cfg.model if cfg.model in REGISTRY else load_base(cfg.model, None)[0]
+        report = merge_and_verify(model, base_source=base_source, tokenizer=tok)
     out = Path(out)
     report.merged_model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))

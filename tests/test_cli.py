@@ -186,3 +186,33 @@ def test_run_report_results_are_a_markdown_table_of_the_evaluated_metrics():
     assert "JSON valid" not in text and "On 4 held-out records." in text
     assert "| exact match | 50.0% |" in results_table({"tuned": both["tuned"]})  # no base: no change column
     assert results_table({}) == ""
+
+
+def test_merging_a_qlora_adapter_goes_into_its_nf4_base_dequantised(tmp_path):
+    """`labkit merge` of a QLoRA run: the adapter learned on the NF4 weights, so it is merged into them,
+    dequantised to fp32, not into the original base (exercise E9 measures the difference on SmolLM2)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from labkit.config import load_config
+    from labkit.lora import add_lora, max_logit_diff, merge_and_verify
+    from labkit.models import save_tiny_model
+    from labkit.run import ADAPTER_CONFIG, _write_adapter_config, load_adapter, load_base, merge_adapter
+
+    folder = save_tiny_model(tmp_path / "tiny")
+    (tmp_path / "q.yaml").write_text(f"model: {folder}\nquantization: nf4\ndata: {{course: invoices}}\n")
+    model, _ = load_base(str(folder), "nf4")
+    model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1e-2)  # as after some training
+    model.save_pretrained(tmp_path / "adapter")
+    _write_adapter_config(load_config(tmp_path / "q.yaml"), tmp_path / "adapter" / ADAPTER_CONFIG)
+
+    report = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    assert report.ok and report.dequantized and "dequantised" in str(report)
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+    trained, tok, _ = load_adapter(tmp_path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    original = merge_and_verify(trained, load_base(str(folder), None)[0], tokenizer=tok).merged_model
+    assert max_logit_diff(trained, merged, tok) < max_logit_diff(trained, original, tok) / 10

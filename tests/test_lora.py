@@ -306,12 +306,15 @@ def test_merge_into_dequantized_keeps_the_qlora_model_and_the_fp32_merge_does_no
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=1e-2)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-    merged = merge_into_dequantized(model)
+    report = merge_into_dequantized(model, tokenizer=tok)
+    merged = report.merged_model
+    assert report.ok and report.dequantized and "dequantised NF4 base" in str(report)
     assert not is_quantized(merged) and not _has_lora(merged)
     assert {p.dtype for p in merged.parameters()} == {torch.float32}
     faithful = max_logit_diff(model, merged, tok)
     fp32_base = merge_and_verify(model, load_model(str(folder), dtype=torch.float32)[0], tok).merged_model
-    assert faithful < 1e-4 < max_logit_diff(model, fp32_base, tok)
+    assert faithful < 1e-4 < max_logit_diff(model, fp32_base, tok)  # tiny NF4 computes in fp32 here
+    assert report.source_diff == pytest.approx(faithful, abs=1e-6)
     assert faithful < max_logit_diff(model, merge_into_4bit(model), tok)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_" in n)
     with pytest.raises(LoRAError, match="4-bit base"):
