@@ -1,10 +1,10 @@
 """GRPO on the course model against its learning-rate-0 control: does the reward rise by learning?
 
-For each reward (brevity alone, then brevity × content, the fix for brevity's hack) and each seed, it
+For each reward (brevity alone, then brevity × substance, the fix for brevity's hack) and each seed, it
 trains LoRA adapters with labkit.alignment.train_grpo on the concise-answer prompts, and runs the
 same seed with learning_rate=0 (the control: same samples at the start, nothing learned). Then it
-scores greedy answers to the 16 held-out prompts: brevity, content (the reference answer's content
-words used), words per answer, and how many answers say nothing of the reference (content 0: the
+scores greedy answers to the 16 held-out prompts: brevity, substance (names the question's subject and
+says 3 more content words), words per answer, and how many answers say nothing (substance 0: the
 hack). Prints one table and writes build/grpo/results.json and build/grpo/rewards.png.
 
     python benchmarks/grpo_control.py                       # 2 rewards x 2 seeds, trained + control
@@ -21,13 +21,13 @@ from pathlib import Path
 
 
 def heldout(model, tok, test) -> dict:
-    from labkit.alignment import brevity_reward, content_reward, heldout_reward, word_count
+    from labkit.alignment import brevity_reward, heldout_reward, substance_reward, word_count
 
     brevity, answers = heldout_reward(model, tok, test, brevity_reward)
-    content = content_reward(answers, [r["chosen"] for r in test])
-    return {"brevity": round(brevity, 3), "content": round(statistics.fmean(content), 3),
+    substance = substance_reward(answers, [r["prompt"] for r in test])
+    return {"brevity": round(brevity, 3), "substance": round(statistics.fmean(substance), 3),
             "words": round(statistics.fmean(word_count(a) for a in answers), 1),
-            "says_nothing": sum(c == 0 for c in content), "answers": answers}
+            "says_nothing": sum(c == 0 for c in substance), "answers": answers}
 
 
 def main() -> None:
@@ -61,14 +61,15 @@ def main() -> None:
                                steps=args.steps, learning_rate=lr, seed=seed, plot=False, progress=False)
                 half = h.reward[len(h.reward) // 2:]
                 row = {"reward": reward, "seed": seed, "run": run, "train_reward_2nd_half": round(statistics.fmean(half), 3),
-                       "zero_std": round(statistics.fmean(h.zero_std), 2), "seconds": round(time.perf_counter() - start)}
+                       "zero_std": round(statistics.fmean(h.zero_std), 2), "seconds": round(time.perf_counter() - start),
+                       "per_step": [round(r, 3) for r in h.reward]}
                 row.update(heldout(h.model, tok, test) if run == "trained" else {})
                 rows.append(row)
                 histories[(reward, seed, run)] = h
-                print({k: v for k, v in row.items() if k != "answers"}, flush=True)
+                print({k: v for k, v in row.items() if k not in ("answers", "per_step")}, flush=True)
     from labkit.tables import markdown_table
 
-    print(markdown_table([{k: v for k, v in r.items() if k != "answers"} for r in rows]))
+    print(markdown_table([{k: v for k, v in r.items() if k not in ("answers", "per_step")} for r in rows]))
     for reward in args.rewards:
         gaps = [statistics.fmean(histories[(reward, s, "trained")].reward[args.steps // 2:])
                 - statistics.fmean(histories[(reward, s, "control")].reward[args.steps // 2:]) for s in args.seeds]

@@ -375,32 +375,43 @@ def brevity_reward(completions: Sequence[str], limit: int = 12, slack: int = 30,
     return [1.0 if (n := word_count(c)) <= limit else max(0.0, 1.0 - (n - limit) / slack) for c in completions]
 
 
-_FUNCTION_WORDS = frozenset("that this with from have what which there their they your about into more some when "
-                            "will would than then been were also such each very just like".split())
+_FUNCTION_WORDS = frozenset(
+    "the and are was were its has have had can not you your but all one that this with from for into than then what "
+    "which who does did done use used also such each very just like some more most any there their they them been "
+    "about will would could should may might when where how why".split())
 
 
-def _stems(text: str) -> set[str]:
-    """Content words (4+ letters, not function words) cut to 5 letters: 'measures' and 'measure' match."""
-    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in _FUNCTION_WORDS}
+def _content_stems(text: str) -> set[str]:
+    """Content words (3+ letters, not function words), cut to 5 letters: 'measures' and 'measure' match."""
+    return {w[:5] for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in _FUNCTION_WORDS}
 
 
-def content_reward(completions: Sequence[str], chosen: Sequence[str], **_) -> list[float]:
-    """Share of the reference answer's content words that the completion also uses (0.0-1.0).
+def _question(prompt: str) -> str:
+    """The instruction of a course prompt ("### Instruction:\n...\n\n"), else the whole prompt."""
+    found = re.search(r"### Instruction:\n(.*?)\n\n", prompt, re.S)
+    return found.group(1) if found else prompt
 
-    `chosen` is the data set's reference answer column. A crude check (word stems, not meaning), but
-    a program can compute it, and it is zero for an answer that says nothing.
+
+def substance_reward(completions: Sequence[str], prompts: Sequence[str], min_words: int = 3, **_) -> list[float]:
+    """How much an answer says: 0.0 unless it names the question's subject ("thermometer" for "What is
+    a thermometer?"), then the share of `min_words` further content words it uses, up to 1.0.
+
+    A crude check (words, not meaning: it cannot tell a right definition from a wrong one), but a
+    program computes it, and it is 0.0 for an answer that says nothing or only repeats the subject.
+    TRL passes `prompts` to every reward function.
     """
     scores = []
-    for completion, reference in zip(completions, chosen, strict=True):
-        want = _stems(reference)
-        scores.append(len(want & _stems(completion)) / len(want) if want else 1.0)
+    for completion, prompt in zip(completions, prompts, strict=True):
+        subject = _content_stems(_question(prompt))
+        said = _content_stems(completion)
+        scores.append(min(1.0, len(said - subject) / min_words) if subject & said else 0.0)
     return scores
 
 
-def concise_reward(completions: Sequence[str], chosen: Sequence[str], **_) -> list[float]:
-    """brevity × content: short *and* on topic. The fix for brevity's hack: a product, so an answer
-    that drops the content scores 0 however short it is (a sum would still pay for brevity alone)."""
-    return [b * c for b, c in zip(brevity_reward(completions), content_reward(completions, chosen), strict=True)]
+def concise_reward(completions: Sequence[str], prompts: Sequence[str], **_) -> list[float]:
+    """brevity × substance: short *and* saying something. The fix for brevity's hack: a product, so an
+    answer that drops the substance scores 0 however short it is (a sum would still pay for brevity alone)."""
+    return [b * c for b, c in zip(brevity_reward(completions), substance_reward(completions, prompts), strict=True)]
 
 
 @dataclass

@@ -9,10 +9,10 @@ from labkit.alignment import (
     GRPOHistory,
     brevity_reward,
     concise_reward,
-    content_reward,
     grpo_config_kwargs,
     grpo_history_from_log,
     heldout_reward,
+    substance_reward,
     train_grpo,
 )
 
@@ -24,20 +24,21 @@ def test_brevity_gives_partial_credit_so_groups_differ():
     assert brevity_reward([""]) == [1.0]  # the hack: saying nothing is as short as it gets
 
 
-def test_content_reward_matches_stems_of_the_reference():
-    ref = ["A tool that measures temperature."]  # stems: tool, measu, tempe ('that' is a function word)
-    assert content_reward(["It measure the temperature"], ref) == [pytest.approx(2 / 3)]
-    assert content_reward(["A tool that measures temperature"], ref) == [1.0]
-    assert content_reward([""], ref) == [0.0]
+Q = "### Instruction:\nWhat is a thermometer used for?\n\n### Response:\n"
+
+
+def test_substance_needs_the_subject_then_three_more_content_words():
+    answers = ["A thermometer measures temperature.", "Thermometers measure the temperature of the air.",
+               "It measures heat in rooms.", "A thermometer.", "", "Thermometer thermometer the the the"]
+    assert substance_reward(answers, [Q] * 6) == [pytest.approx(2 / 3), 1.0, 0.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError):
-        content_reward(["a", "b"], ref)  # one reference per completion, never silently cut
+        substance_reward(["a", "b"], [Q])  # one prompt per completion, never silently cut
 
 
 def test_concise_reward_is_the_fix_an_empty_answer_scores_zero():
-    ref = ["A tool that measures temperature."] * 3
-    scores = concise_reward(["", "A tool that measures temperature.", LONG + " tool that measures temperature"],
-                            chosen=ref)
-    assert scores == [0.0, 1.0, 0.0]  # brevity alone would pay 1.0 for the empty answer
+    answers = ["", "A thermometer measures the temperature of air.", LONG + " thermometer measures air heat"]
+    assert concise_reward(answers, prompts=[Q] * 3) == [0.0, 1.0, 0.0]  # brevity alone pays 1.0 for ""
+    assert brevity_reward(answers)[0] == 1.0
 
 
 def test_grpo_config_counts_the_batch_in_completions_and_keeps_the_device_recipe(monkeypatch):

@@ -64,7 +64,7 @@ OUTLINE: list[tuple[str, str, tuple[str, ...]]] = [
     (L, "SFT / instruction tuning", ("sft", "qlora-beats-prompting")),
     (L, "RLHF: reward model from human rankings, then RL", ("rlhf",)),
     (L, "DPO: chosen vs rejected pairs, no reward model", ("dpo-pairs",)),
-    (L, "GRPO for reasoning", ("grpo-reward", "grpo-run")),
+    (L, "GRPO for reasoning", ("grpo-reward", "grpo-run", "grpo-hack", "grpo-fix")),
     (L, "DPO trained for real, measured on held-out prompts", ("dpo-real", "general-probe")),
     (L, "DPO and verifiable rewards over-optimise too", ("overoptimise", "reward-hacking")),
     # --- Hyperparameters
