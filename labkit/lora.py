@@ -335,10 +335,11 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     within `atol`), and return the merged model.
 
     If you trained on NF4, your model and the merged fp32 model differ by the quantisation error
-    of the base (the adapter learned on the NF4 weights): reported as `source_diff`, for information,
-    and `merge_into_dequantized` merges into those weights instead (exercise E9 measures both); the same for a bf16/fp16 base (labkit's
-    default on GPUs and on CPUs with native bf16), whose rounding error exceeds atol. If you trained
-    on an fp32 base, `source_diff` must be within atol too — a large one means the wrong base model.
+    of the base (the adapter learned on the NF4 weights): reported as `source_diff`, for information;
+    `merge_into_dequantized` merges into those weights instead (exercise E9 measures both). The same
+    for a bf16/fp16 base (labkit's default on GPUs and on CPUs with native bf16), whose rounding error
+    exceeds atol. If you trained on an fp32 base, `source_diff` must be within atol too — a large one
+    means the wrong base model.
     """
     from peft import PeftModel
 
