@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from labkit.data import PROMPT_TEMPLATE, RecordError, read_jsonl, tokenize_with_labels, validate_records
+from labkit.data import (
+    PROMPT_TEMPLATE,
+    RecordError,
+    read_jsonl,
+    split_prompt,
+    tokenize_with_labels,
+    validate_records,
+)
 from labkit.evaluate import field_scores
 from labkit.models import eval_mode
 from labkit.train import RunStats, TrainingRun, device_training_kwargs
@@ -387,9 +394,11 @@ def _content_stems(text: str) -> set[str]:
 
 
 def _question(prompt: str) -> str:
-    """The instruction of a course prompt ("### Instruction:\n...\n\n"), else the whole prompt."""
-    found = re.search(r"### Instruction:\n(.*?)\n\n", prompt, re.S)
-    return found.group(1) if found else prompt
+    """The instruction of a course-format prompt (labkit.data.split_prompt), else the whole prompt."""
+    try:
+        return split_prompt(prompt)[0]
+    except ValueError:
+        return prompt
 
 
 def substance_reward(completions: Sequence[str], prompts: Sequence[str], min_words: int = 3, **_) -> list[float]:

@@ -52,6 +52,21 @@ def format_prompt(instruction: str, input: str | None = None) -> str:
     return PROMPT_TEMPLATE.format(instruction=instruction)
 
 
+# The course template's three fixed parts, read from the template itself (one place to change it).
+_HEAD, _REST = PROMPT_TEMPLATE_WITH_INPUT.split("{instruction}")
+_INPUT, _TAIL = _REST.split("{input}")
+
+
+def split_prompt(prompt: str) -> tuple[str, str | None]:
+    """A course-format prompt → (instruction, input or None): the inverse of `format_prompt`."""
+    if not (prompt.startswith(_HEAD) and prompt.endswith(_TAIL)):
+        raise ValueError("Not a course-format prompt (it must start with '### Instruction:' and end with "
+                         f"'### Response:'; see labkit.data.PROMPT_TEMPLATE): {prompt[:60]!r}...")
+    body = prompt[len(_HEAD):-len(_TAIL)]
+    instruction, sep, input_ = body.partition(_INPUT)
+    return instruction, (input_ if sep else None)
+
+
 def to_record(instruction: str, response: str, input: str | None = None) -> dict[str, str]:
     """One prompt/completion training record (the answer stripped; EOS is added at tokenisation)."""
     return {"prompt": format_prompt(instruction, input), "completion": response.strip()}

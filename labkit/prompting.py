@@ -13,25 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labkit.data import PROMPT_TEMPLATE_WITH_INPUT, validate_records
+from labkit.data import split_prompt, validate_records
 from labkit.evaluate import EvalResult, Table, evaluate_records
 
 __all__ = ["split_prompt", "as_chat", "PromptingRow", "measure_prompt", "prompting_table"]
-
-# The course template's three fixed parts, read from the template itself (one place to change it).
-_HEAD, _REST = PROMPT_TEMPLATE_WITH_INPUT.split("{instruction}")
-_INPUT, _TAIL = _REST.split("{input}")
-
-
-def split_prompt(prompt: str) -> tuple[str, str | None]:
-    """A course-format prompt → (instruction, input or None): the inverse of `format_prompt`."""
-    if not (prompt.startswith(_HEAD) and prompt.endswith(_TAIL)):
-        raise ValueError("Not a course-format prompt (it must start with '### Instruction:' and end with "
-                         f"'### Response:'; see labkit.data.PROMPT_TEMPLATE): {prompt[:60]!r}...")
-    body = prompt[len(_HEAD):-len(_TAIL)]
-    instruction, sep, input_ = body.partition(_INPUT)
-    return instruction, (input_ if sep else None)
-
 
 def _turn(record: dict) -> str:
     instruction, input_ = split_prompt(record["prompt"])
