@@ -273,6 +273,22 @@ def checkpointing_key() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
 
 
+def generate_kwargs(model) -> dict:
+    """Extra `generate()` keywords a model needs → {"use_cache": False} for a PEFT prefix-tuning model, else {}.
+
+    PEFT hands the trained prefix to the model as `past_key_values`. transformers 5.2x renamed that
+    argument `cache` and, when generate() passes its own (empty) `cache`, ignores `past_key_values`
+    with a FutureWarning, so with the cache on `generate()` silently answers as the base model
+    (measured: the base model's tokens, while a forward pass with the prefix picks others). Without
+    a cache the prefix is used on every step: correct, and slower (each step re-reads the text).
+    Tested on PEFT 0.21 with transformers 5.24; tests/test_drift.py checks that the cached path still
+    ignores the prefix, so the day PEFT fixes it that test fails and this can go.
+    """
+    config = getattr(model, "active_peft_config", None)
+    kind = getattr(getattr(config, "peft_type", None), "value", None)
+    return {"use_cache": False} if kind == "PREFIX_TUNING" else {}
+
+
 def additive_attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean [batch, 1, q, k] "may attend" mask → the additive float mask transformers accepts.
 

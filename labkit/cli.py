@@ -190,8 +190,10 @@ def _train(args) -> int:
     if not is_main_process():
         print(f"labkit train: rank {rank()} of {world_size()} done; rank 0 evaluates and writes {result.output_dir}")
         return 0
-    print(result.metrics["evaluation"]["table"])
-    print(f"wrote {result.output_dir}/: adapter/, metrics.json, loss_curve.png, report.md")
+    evaluation = result.metrics.get("evaluation")
+    print(evaluation["table"] if evaluation else "not evaluated (evaluation.metrics is [] and probe is false)")
+    plot = " loss_curve.png," if cfg.output.plot else ""
+    print(f"wrote {result.output_dir}/: adapter/, metrics.json,{plot} report.md")
     return 0
 
 

@@ -41,7 +41,7 @@ from pydantic import (
 
 __all__ = ["ConfigError", "RunConfig", "DataSection", "LoraSection", "TrainingSection", "EvaluationSection",
            "OutputSection", "load_config", "config_from_dict", "config_to_dict", "QUANTIZATIONS", "TEMPLATES",
-           "METRICS", "TARGET_PRESETS", "REPORTERS"]
+           "METRICS", "TARGET_PRESETS", "REPORTERS", "OPTIMIZERS"]
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 TEMPLATES = ("course", "chat")
@@ -57,6 +57,8 @@ Metric = Literal["exact_match", "json_valid", "f1"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 Reporter = Literal["none", "tensorboard", "wandb", "trackio"]
 PeftMethod = Literal["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]  # labkit.lora.PEFT_METHODS
+Optimizer = Literal["adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor"]
+OPTIMIZERS = typing.get_args(Optimizer)  # transformers' OptimizerNames that labkit tests (8-bit: bitsandbytes)
 for _alias, _names in ((Quantization, QUANTIZATIONS), (Template, TEMPLATES), (Metric, METRICS),
                        (Scheduler, SCHEDULERS), (Reporter, REPORTERS)):
     assert typing.get_args(_alias) == _names  # one list of names: the tuples above are the public ones
@@ -132,6 +134,10 @@ class TrainingSection(_Section):
     learning_rate: Number = Field(2e-4, gt=0, le=1, description="peak learning rate")
     batch_size: int = Field(4, ge=1, le=4096, description="records per device per step")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="steps summed before each update")
+    max_steps: int | None = Field(None, ge=1, description="stop after N updates (instead of the epochs' count)")
+    optim: Optimizer | None = Field(None, description="the optimizer, by transformers' name: adamw_torch, "
+                                                      "adamw_bnb_8bit, paged_adamw_8bit, paged_adamw_32bit, "
+                                                      "adafactor (default: by device)")
     max_length: int = Field(256, ge=8, le=131072, description="tokens per record (longer prompts are dropped, "
                                                               "reported)")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N epochs without a better "
@@ -152,7 +158,8 @@ class TrainingSection(_Section):
 
 class EvaluationSection(_Section):
     metrics: list[Metric] = Field(default_factory=lambda: list(METRICS),
-                                  description="what to report (base vs tuned, test set)")
+                                  description="what to report (base vs tuned, test set); [] with probe: false "
+                                              "evaluates nothing (the run only trains)")
     probe: bool = Field(True, description="general-knowledge probe before/after: did the model forget?")
     max_new_tokens: int | None = Field(None, ge=1, description="generation cap (default: longest test answer "
                                                                "+ 4 tokens)")
@@ -170,6 +177,8 @@ class RunConfig(_Section):
     model: str = Field("smollm2-135m", description="a course model name (labkit.models.REGISTRY) or a local "
                                                    "model folder")
     quantization: Quantization = Field("nf4", description="base weights: none, nf4 (QLoRA) or int8")
+    double_quant: bool = Field(True, description="nf4: store the per-block scales in 8 bits too (QLoRA's "
+                                                 "double quantisation, ~0.37 bit per weight less)")
     data: DataSection = Field(default_factory=DataSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)

@@ -23,6 +23,7 @@ from html import escape
 import torch
 from tqdm.auto import tqdm
 
+from labkit._compat import generate_kwargs
 from labkit.data import tokenize_with_labels, validate_records
 from labkit.models import eval_mode
 from labkit.probe import ProbeResult, general_probe, load_probe, mean_kl  # noqa: F401 - re-exported
@@ -77,7 +78,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      temperature=None, top_p=None, top_k=None,
                                      pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
+                                     eos_token_id=tokenizer.eos_token_id, **generate_kwargs(model))
                 new = ids[:, enc["input_ids"].shape[1]:]
                 for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                     out[i] = text.strip()

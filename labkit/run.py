@@ -17,6 +17,7 @@ Launched with `torchrun --nproc_per_node N` or `accelerate launch`, the Trainer 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -196,9 +197,9 @@ def prepare_data(cfg: RunConfig, tokenizer) -> PreparedData:
 # Models
 
 
-def load_base(name: str, quantization: str | None):
+def load_base(name: str, quantization: str | None, double_quant: bool = True):
     """A course model by registry name, or a local model folder (labkit.models.load_model takes both)."""
-    return load_model(name, quantization=quantization)
+    return load_model(name, quantization=quantization, double_quant=double_quant)
 
 
 def peft_method_config(cfg: RunConfig):
@@ -224,7 +225,7 @@ def load_adapter(adapter_dir: str | Path) -> tuple[Any, Any, RunConfig]:
         raise ConfigError(f"{adapter_dir} has no {ADAPTER_CONFIG}, so the base model it belongs to is unknown. "
                           "Adapters written by `labkit train` carry one.")
     cfg = load_config(adapter_dir / ADAPTER_CONFIG, check_files=False)
-    base, tok = load_base(cfg.model, cfg.quantization_arg)
+    base, tok = load_base(cfg.model, cfg.quantization_arg, cfg.double_quant)
     return PeftModel.from_pretrained(base, str(adapter_dir)), tok, cfg
 
 
@@ -239,7 +240,7 @@ def effective_batch(cfg: RunConfig, processes: int | None = None) -> int:
 
 def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
     """Validate everything a run needs and say what it would do; trains nothing. → the numbers printed."""
-    model, tok = load_base(cfg.model, cfg.quantization_arg)
+    model, tok = load_base(cfg.model, cfg.quantization_arg, cfg.double_quant)
     data = prepare_data(cfg, tok)
 
     model = attach_lora(model, peft_method_config(cfg))
@@ -249,7 +250,8 @@ def dry_run(cfg: RunConfig, print_fn: Callable[[str], None] = print) -> dict:
     est = estimate_training_memory(model.config, method=method, r=cfg.lora.r, target_modules=cfg.lora_targets,
                                    batch_size=cfg.training.batch_size, seq_len=data.summary.longest_tokens or 1,
                                    dtype_bytes=dtype_bytes,
-                                   gradient_checkpointing=bool(cfg.training.gradient_checkpointing))
+                                   gradient_checkpointing=bool(cfg.training.gradient_checkpointing),
+                                   lora_dropout=cfg.lora.dropout)
     eff = effective_batch(cfg)
     steps = -(-len(data.train) // eff) * cfg.training.epochs
     print_fn(str(data.summary))
@@ -327,6 +329,10 @@ def _train(cfg: RunConfig, model, tok, data: PreparedData, out: Path, resume: bo
         overrides["train_sampling_strategy"] = "random"
     if t.gradient_checkpointing is not None:
         overrides[checkpointing_key()] = t.gradient_checkpointing
+    if t.max_steps is not None:
+        overrides["max_steps"] = t.max_steps
+    if t.optim is not None:
+        overrides["optim"] = t.optim
     return train_sft(model, tok, data.train, data.val or None, lora=peft_method_config(cfg), epochs=t.epochs, learning_rate=t.learning_rate,
                      batch_size=t.batch_size, max_length=t.max_length, output_dir=out / "checkpoints",
                      resume=resume, early_stopping_patience=t.early_stopping_patience,
@@ -343,7 +349,7 @@ def train_from_config(cfg: RunConfig, resume: bool = False, progress: bool = Tru
     """
     out = Path(output_dir) if output_dir is not None else cfg.output_dir
     start = time.perf_counter()
-    model, tok = load_base(cfg.model, cfg.quantization_arg)
+    model, tok = load_base(cfg.model, cfg.quantization_arg, cfg.double_quant)
     data = prepare_data(cfg, tok)
     history = _train(cfg, model, tok, data, out, resume, progress, callbacks)
     model = history.model
@@ -352,7 +358,8 @@ def train_from_config(cfg: RunConfig, resume: bool = False, progress: bool = Tru
     if not is_main_process():
         return RunResult(out, metrics, history, model, written=False)
 
-    metrics["evaluation"] = evaluate_base_and_tuned(cfg, model, tok, data.test, progress=progress)
+    if cfg.evaluation.metrics or cfg.evaluation.probe:  # `metrics: []` and `probe: false`: the run only trains
+        metrics["evaluation"] = evaluate_base_and_tuned(cfg, model, tok, data.test, progress=progress)
     metrics["wall_seconds"] = time.perf_counter() - start
     save_adapter(model, out / "adapter")
     _write_adapter_config(cfg, out / "adapter" / ADAPTER_CONFIG)
@@ -369,8 +376,35 @@ def _training_metrics(history, train_s: float, cfg: RunConfig) -> dict:
             # the Trainer counts the tokens of every rank (gathered), so this is the whole run's throughput
             "tokens_per_sec": history.tokens_per_sec,
             "tokens_per_sec_per_process": history.tokens_per_sec / world_size(),
-            "peak_memory_mb": history.peak_memory_mb, "processes": world_size(),
+            "seconds_per_step": history.train_seconds / max(1, history.steps),
+            "trainable_params": count_parameters(history.model).trainable,
+            "peak_memory_mb": history.peak_memory_mb, "memory_at_start_mb": history.memory_at_start_mb,
+            "processes": world_size(),
             "effective_batch": effective_batch(cfg)}
+
+
+def train_in_fresh_process(config: dict, output_dir: str | Path, timeout_s: int = 1800) -> dict:
+    """Run one config (a dict, as in a YAML file) with `labkit train` in a new Python process → its metrics.json.
+
+    Why a process per run: on a CPU, memory is measured as the process's resident set, which keeps
+    what earlier runs in the same process touched (the allocator's spare pages); a fresh process
+    measures one run alone, the way `labkit train` runs on your data. Exercise E7 compares the PEFT
+    methods and the memory mechanics this way. The config is written to `output_dir/run.yaml`; a
+    failed run raises RuntimeError with the end of its output.
+    """
+    import subprocess
+    import sys
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "labkit.cli", "train", str(path), "--quiet", "--output", str(out)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"labkit train {path} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
 
 def _write_adapter_config(cfg: RunConfig, path: Path) -> None:

@@ -73,6 +73,7 @@ class RunStats:
     tokens_per_sec: float = 0.0  # non-padding tokens per second of training steps
     peak_memory_mb: float = 0.0  # CUDA: peak allocated; CPU: peak resident set of the process
     peak_memory_whole_process: bool = False  # the peak could not be reset: it covers the whole process
+    memory_at_start_mb: float = 0.0  # the same measure when training began (model loaded): peak - this = what training added
     wall_seconds: float = 0.0
     train_seconds: float = 0.0  # inside training steps only (no evaluation, no setup): seconds per step × steps
     steps: int = 0
@@ -500,6 +501,7 @@ class TrainingRun:
         memory = peak.read()
         h.tokens_per_sec, h.peak_memory_mb = meter.tokens_per_sec, memory.mb
         h.peak_memory_whole_process = not memory.since_start
+        h.memory_at_start_mb = memory.start_mb
         h.wall_seconds, h.steps = time.perf_counter() - start, trainer.state.global_step
         h.train_seconds = meter.seconds
         h.output_dir, h.model = str(self.out), trainer.model

@@ -378,3 +378,27 @@ def test_peft_method_is_chosen_by_name():
     assert type(peft_method_config(cfg)).__name__ == "IA3Config"
     with pytest.raises(ConfigError, match="lora.method"):
         config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "adapters"}})
+
+
+def test_optimizer_max_steps_and_double_quant_reach_the_trainer_and_the_loader(monkeypatch, tmp_path):
+    """training.optim / training.max_steps go to the trainer as transformers' own keywords, and
+    double_quant to load_model: configuration, not new code (issue: the PEFT family as config)."""
+    import types
+
+    from labkit import run
+
+    cfg = config_from_dict({"data": {"course": "invoices"}, "double_quant": False,
+                            "training": {"optim": "paged_adamw_8bit", "max_steps": 3}})
+    seen: dict = {}
+    monkeypatch.setattr(run, "train_sft", lambda *args, **kw: seen.update(kw))
+    run._train(cfg, None, None, types.SimpleNamespace(train=[], val=[]), tmp_path, False, False, ())
+    assert seen["optim"] == "paged_adamw_8bit" and seen["max_steps"] == 3
+    monkeypatch.setattr(run, "load_model", lambda name, **kw: seen.update(loader=kw))
+    run.load_base(cfg.model, cfg.quantization_arg, cfg.double_quant)
+    assert seen["loader"] == {"quantization": "nf4", "double_quant": False}
+    defaults = config_from_dict({"data": {"course": "invoices"}})
+    seen.clear()
+    run._train(defaults, None, None, types.SimpleNamespace(train=[], val=[]), tmp_path, False, False, ())
+    assert "optim" not in seen and "max_steps" not in seen and defaults.double_quant  # the device decides
+    with pytest.raises(ConfigError, match="training.optim"):
+        config_from_dict({"data": {"course": "invoices"}, "training": {"optim": "adam_8bit"}})

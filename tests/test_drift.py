@@ -317,3 +317,42 @@ def test_quant_constants_bytes_sees_double_quantisation():
     blocks = 256 * 256 // 64
     assert sizes[False] == blocks * 4 and blocks < sizes[True] < blocks * 2
     assert quant_constants_bytes(torch.nn.Parameter(torch.zeros(3))) == 0
+
+
+def test_prefix_tuning_generate_needs_the_cache_off():
+    """PEFT 0.21 with transformers 5.2x: `generate()` with the cache on answers as the base model (the
+    prefix is never injected), with `use_cache=False` it follows the prefix. _compat.generate_kwargs
+    turns the cache off for prefix tuning only. When the first assert fails, PEFT has fixed it: drop
+    the workaround (and this test)."""
+    from peft import get_peft_model
+
+    from labkit._compat import generate_kwargs
+    from labkit.lora import peft_config
+    from labkit.models import tiny_model
+
+    torch.manual_seed(0)
+    model, tok = tiny_model(tokenizer=tiny_tokenizer_dir())
+    enc = tok(["an invoice for twelve apples", "hi"], return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        base = model.generate(**enc, **kw)
+        prefixed = get_peft_model(model, peft_config("prefix_tuning", num_virtual_tokens=4))
+        for p in prefixed.parameters():  # a prefix far from zero, so that it changes every answer
+            if p.requires_grad:
+                p.normal_(0, 3)
+        cached = prefixed.generate(**enc, **kw)
+        fixed = prefixed.generate(**enc, **kw, **generate_kwargs(prefixed))
+        first = prefixed(**enc).logits[:, -1].argmax(-1)
+    n = enc["input_ids"].shape[1]
+    assert torch.equal(cached, base), "PEFT now injects the prefix with the cache on: drop generate_kwargs"
+    assert generate_kwargs(prefixed) == {"use_cache": False} and generate_kwargs(model) == {}
+    assert fixed[0, n] == first[0], "without the cache the first token follows the prefix (row 0: unpadded)"
+    assert not torch.equal(fixed, base)
+
+
+def test_every_optimizer_the_config_allows_is_a_transformers_optimizer_name():
+    from transformers.training_args import OptimizerNames
+
+    from labkit.config import OPTIMIZERS
+
+    assert set(OPTIMIZERS) <= {o.value for o in OptimizerNames}

@@ -84,10 +84,11 @@ def test_plot_knowledge_one_bar_per_arm_and_one_per_edited_arm():
 
 
 def test_plot_peft_family_five_panels_one_bar_per_method():
-    rows = [{"method": m, "trainable": t, "peak_mb": 900, "s_per_step": 1.5, "val_loss": v, "exact_match": e}
-            for m, t, v, e in (("LoRA", 1_800_000, 0.1, 0.5), ("IA3", 50_000, 0.4, 0.0), ("prompt", 11_520, 0.9, 0.0))]
+    rows = [{"method": m, "trainable": t, "added_mb": 900, "s_per_step": 1.5, "val_loss": v, "exact_match": e}
+            for m, t, v, e in (("LoRA", 1_800_000, 0.1, 0.5), ("IA3", 50_000, 0.4, 0.0), ("prefix", 230_400, 4.3, None))]
     fig = plots.plot_peft_family(rows)
     assert len(fig.axes) == 5 and all(len(ax.patches) == 3 for ax in fig.axes)
     assert fig.axes[0].get_xscale() == "log" and max(p.get_width() for p in fig.axes[4].patches) == 50
+    assert [t.get_text().strip() for t in fig.axes[4].texts] == ["not measured"]  # prefix: no exact match, no zero bar
     with pytest.raises(ValueError, match="missing"):
         plots.plot_peft_family([{"method": "LoRA"}])
