@@ -69,8 +69,8 @@ OUTLINE: list[tuple[str, str, tuple[str, ...]]] = [
     (L, "DPO and verifiable rewards over-optimise too", ("overoptimise", "reward-hacking")),
     # --- Hyperparameters
     (H, "rank r 8-64, start at 16, higher is not better by default", ("rank-sweep", "hyperparams")),
-    (H, "lora_alpha ≈ r to 2r", ("hyperparams",)),
-    (H, "dropout 0.05-0.1", ("hyperparams",)),
+    (H, "lora_alpha ≈ r to 2r", ("hyperparams", "alpha-e4")),
+    (H, "dropout 0.05-0.1", ("hyperparams", "dropout-e4")),
     (H, "target modules q/k/v/o (+ gate/up/down)", ("hyperparams", "lora-fraction-05")),
     (H, "learning rate 1e-4 to 3e-4 for LoRA", ("hyperparams",)),
     (H, "full fine-tuning LR lower (1e-5 to 5e-6) to limit forgetting", ("remedies-forgetting", "hyperparams")),
