@@ -160,30 +160,44 @@ def report_markdown(runs: list[NotebookRun], budget: float = BUDGET_SECONDS) -> 
     return "\n".join(lines) + "\n"
 
 
-def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
-               only: list[str] | None = None, root: Path | None = None) -> list[NotebookRun]:
-    """Execute the lessons in order; print and write build/course-report.md; return the runs.
+DEFAULT_SOLUTIONS = ("e7_peft_family",)  # worked solutions `make course` also executes, for the site
 
-    The report holds this run's notebooks: with `only`, the other rows are not in it.
+
+def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
+               only: list[str] | None = None, root: Path | None = None,
+               solutions: list[str] | None = None) -> list[NotebookRun]:
+    """Execute the lessons in order, then the named worked solutions; print and write
+    build/course-report.md; return the runs.
+
+    The report holds this run's notebooks: with `only`, the other rows are not in it. `solutions`:
+    names (or parts of names) of notebooks in root/solutions, executed into out_dir/solutions for
+    the site's "worked solutions" section (exercise E7's table and plot, for example).
 
     `root`: the course checkout (default: found upwards from the working directory); lessons are
     read from root/lessons and written to root/build/course unless given explicitly.
     """
-    if lessons_dir is None or out_dir is None:
+    if lessons_dir is None or out_dir is None or solutions:
         from labkit_dev.notebooks import find_root
 
-        root = find_root(root)
+        root = find_root(root if root is not None or lessons_dir is None else lessons_dir.parent)
         lessons_dir = lessons_dir or root / "lessons"
         out_dir = out_dir or root / "build" / "course"
     paths = sorted(lessons_dir.glob("*.ipynb"))
     if only:
         paths = [p for p in paths if any(o in p.stem for o in only)]
-    if not paths:
+    jobs = [(p, out_dir) for p in paths]
+    if solutions:
+        picked = [p for p in sorted((root / "solutions").glob("*.ipynb")) if any(n in p.stem for n in solutions)]
+        missing = [n for n in solutions if not any(n in p.stem for p in picked)]
+        if missing:
+            raise FileNotFoundError(f"No worked solution named like {missing} in {root / 'solutions'}.")
+        jobs += [(p, out_dir / "solutions") for p in picked]
+    if not jobs:
         raise FileNotFoundError(f"No lesson notebooks in {lessons_dir}.")
     runs = []
-    for path in paths:
+    for path, target in jobs:
         print(f"running {path.name} ...", flush=True)
-        run = run_notebook(path, out_dir)
+        run = run_notebook(path, target)
         over = f" (OVER the {_minutes(BUDGET_SECONDS)} budget)" if run.seconds > BUDGET_SECONDS else ""
         print(f"  {'pass' if run.ok else 'FAIL'} in {_minutes(run.seconds)}{over}  {run.headline or run.error}",
               flush=True)
@@ -201,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = tool_parser("python -m labkit_dev.course", __doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", help="run only lessons whose name contains one of these")
+    p.add_argument("--solutions", nargs="*", default=None,
+                   help=f"worked solutions to execute after the lessons (default: {' '.join(DEFAULT_SOLUTIONS)}; "
+                        "none: --solutions with no name)")
     args = p.parse_args(argv)
-    return run_tool(lambda: 0 if all(r.ok for r in run_course(only=args.only, root=args.root)) else 1)
+    solutions = list(DEFAULT_SOLUTIONS) if args.solutions is None and not args.only else args.solutions
+    return run_tool(lambda: 0 if all(r.ok for r in run_course(only=args.only, root=args.root,
+                                                              solutions=solutions)) else 1)
 
 
 if __name__ == "__main__":

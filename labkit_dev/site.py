@@ -83,7 +83,7 @@ def _render_notebooks(paths: list[Path], out_dir: Path, exporter) -> list[dict]:
     return rows
 
 
-def _index_html(lessons: list[dict], exercises: list[dict], has_report: bool) -> str:
+def _index_html(lessons: list[dict], exercises: list[dict], has_report: bool, solutions: list[dict] = ()) -> str:
     def cells(r: dict) -> str:
         if r["errors"]:
             status = f'<span class="fail">error: {html.escape(r["errors"][0])}</span>'
@@ -104,6 +104,12 @@ def _index_html(lessons: list[dict], exercises: list[dict], has_report: bool) ->
     parts.append('<p><a href="report.html">Course report</a>: each notebook\'s time against its budget, '
                  "peak memory and result.</p>" if has_report else
                  "<p>No course report yet: run <code>make course</code>.</p>")
+    if solutions:
+        parts += ["<h2>Worked solutions, executed</h2>",
+                  "<p>Exercises whose measured tables and plots are part of the course's claims, as "
+                  "<code>make course</code> ran them.</p>",
+                  "<table><tr><th>solution</th><th>run</th><th>result</th></tr>",
+                  *[cells(r) for r in solutions], "</table>"]
     parts += ["<h2>Exercises</h2>",
               "<p>Generated from the solutions; each stops at its first blank with a hint.</p><ul>",
               *[f'<li><a href="{r["href"]}">{html.escape(r["title"])}</a></li>' for r in exercises], "</ul>",
@@ -127,13 +133,14 @@ def build_site(root: Path | None = None, course_dir: Path | None = None, out_dir
     exporter = page_exporter()
     lessons = _render_notebooks(executed, out_dir / "lessons", exporter)
     exercises = _render_notebooks(sorted((root / "exercises").glob("*.ipynb")), out_dir / "exercises", exporter)
+    solutions = _render_notebooks(sorted((course_dir / "solutions").glob("*.ipynb")), out_dir / "solutions", exporter)
     report = course_dir.parent / "course-report.md"
     if report.is_file():
         body = markdown2html_mistune(report.read_text(encoding="utf-8"))
         (out_dir / "report.html").write_text(_page("Course report", body), encoding="utf-8")
     index = out_dir / "index.html"
-    index.write_text(_index_html(lessons, exercises, report.is_file()), encoding="utf-8")
-    for r in lessons:
+    index.write_text(_index_html(lessons, exercises, report.is_file(), solutions), encoding="utf-8")
+    for r in lessons + solutions:
         if r["errors"]:
             print(f"warning: {r['name']} holds an error output: {r['errors'][0]}", file=sys.stderr)
         elif r["not_run"]:

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import re
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import nbformat
@@ -154,3 +155,22 @@ def test_course_runs_a_notebook_and_collects_its_headline(tmp_path):
     assert runs[0].headline == "it works" and "claim broken" in runs[1].error
     assert (tmp_path / "build" / "course-report.md").exists()
     assert (tmp_path / "build" / "course" / "01_x.html").exists()
+
+
+def test_course_also_runs_the_named_worked_solutions(tmp_path):
+    """`make course` executes E7's solution too (the site shows its table): into build/course/solutions/."""
+    import shutil
+
+    root = tmp_path / "course"
+    for folder in ("lessons", "solutions"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "pyproject.toml", root / "pyproject.toml")
+    for where, name, code in (("lessons", "01_x", "headline('lesson')"), ("solutions", "e7_y", "headline('table')")):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"from labkit.report import headline\n{code}")]
+        nbformat.write(nb, str(root / where / f"{name}.ipynb"))
+    runs = run_course(root=root, solutions=["e7"])
+    assert [(r.name, r.headline) for r in runs] == [("01_x", "lesson"), ("e7_y", "table")]
+    assert (root / "build" / "course" / "solutions" / "e7_y.ipynb").exists()
+    with pytest.raises(FileNotFoundError, match="e9"):
+        run_course(root=root, solutions=["e9"])

@@ -80,6 +80,11 @@ def test_site_builder_pages_index_report_and_errors(tmp_path):
     assert exercises and all(f'href="exercises/{e.stem}.html"' in text for e in exercises)
     lesson = (index.parent / "lessons" / "05_train.html").read_text()
     assert f'alt="{LiveLossPlot.ALT}"' in lesson and 'href="../index.html"' in lesson
+    assert "Worked solutions" not in text  # none executed: no empty section
+    _executed_lesson(course / "solutions" / "e7_family.ipynb", "E7 family", [curve])
+    text = build_site(root).read_text()
+    assert "Worked solutions, executed" in text and 'href="solutions/e7_family.html">E7 family<' in text
+    assert 'href="../index.html"' in (index.parent / "solutions" / "e7_family.html").read_text()
     (course / "06_broken.ipynb").unlink()
     build_site(root)
     assert not (index.parent / "lessons" / "06_broken.html").exists()  # no page of a removed lesson
