@@ -216,3 +216,24 @@ def test_merging_a_qlora_adapter_goes_into_its_nf4_base_dequantised(tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
     original = merge_and_verify(trained, load_base(str(folder), None)[0], tokenizer=tok).merged_model
     assert max_logit_diff(trained, merged, tok) < max_logit_diff(trained, original, tok) / 10
+
+
+def test_train_in_fresh_process_runs_labkit_train_and_returns_its_metrics(tiny_config, tmp_path):
+    """E7's path: one config in its own process → metrics.json, with the run's trainable count, its memory
+    start and peak, and no evaluation when metrics is [] and probe false; a broken config raises with its end."""
+    import yaml
+
+    from labkit.run import train_in_fresh_process
+
+    config = yaml.safe_load(tiny_config.read_text())
+    config["lora"] = {"method": "ia3"}
+    config["training"] |= {"max_steps": 1, "optim": "adamw_torch", "report_to": "none"}
+    config["evaluation"] = {"metrics": [], "probe": False}
+    metrics = train_in_fresh_process(config, tmp_path / "ia3")
+    tr = metrics["training"]
+    assert tr["steps"] == 1 and tr["trainable_params"] > 0 and tr["seconds_per_step"] > 0
+    assert 0 < tr["memory_at_start_mb"] <= tr["peak_memory_mb"]
+    assert "evaluation" not in metrics and "PEFT method ia3" in (tmp_path / "ia3" / "report.md").read_text()
+    config["lora"] = {"method": "adapters"}
+    with pytest.raises(RuntimeError, match="lora.method"):
+        train_in_fresh_process(config, tmp_path / "bad")

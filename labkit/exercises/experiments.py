@@ -178,7 +178,7 @@ def check_rank_choice(sweep: Sequence[Mapping], my_r: int) -> bool:
     return report(fb)
 
 
-PEFT_TOLERANCE = 0.10  # E7 (the PEFT family exercise, in progress): "as good" = validation loss within 10% of the best method's
+PEFT_TOLERANCE = 0.10  # E7 (the PEFT family): "as good" = validation loss within 10% of the best method's
 
 
 @recorded
