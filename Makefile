@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
-NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
+NBVAL := -p labkit_dev.nbval_patience --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup constraints bundle course site browser lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check gpu-carry gpu-check-offline clean
 

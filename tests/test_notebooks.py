@@ -159,3 +159,15 @@ def test_policy_catches_a_checked_cell_with_no_stored_output(tmp_path):
     nb.cells[2].execution_count = 2
     nbs.write(nb, path)
     assert not any("stores no output" in p for p in nbs.problems(path, root=tmp_path))
+
+
+def test_nbval_patience_gives_a_finished_cell_a_minute_for_its_output():
+    """make test loads labkit_dev.nbval_patience: nbval's 5 s wait for a finished cell's output becomes 60 s."""
+    import types
+
+    from labkit_dev import nbval_patience
+
+    cell, other = types.SimpleNamespace(output_timeout=5), types.SimpleNamespace()
+    nbval_patience.pytest_collection_modifyitems([cell, other])
+    assert cell.output_timeout == 60 and not hasattr(other, "output_timeout")
+    assert "-p labkit_dev.nbval_patience" in (Path(__file__).resolve().parents[1] / "Makefile").read_text()
