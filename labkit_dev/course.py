@@ -179,7 +179,7 @@ def run_course(lessons_dir: Path | None = None, out_dir: Path | None = None,
     if lessons_dir is None or out_dir is None or solutions:
         from labkit_dev.notebooks import find_root
 
-        root = find_root(root if root is not None or lessons_dir is None else lessons_dir.parent)
+        root = find_root(root)
         lessons_dir = lessons_dir or root / "lessons"
         out_dir = out_dir or root / "build" / "course"
     paths = sorted(lessons_dir.glob("*.ipynb"))
