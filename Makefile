@@ -4,6 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SETUP_DONE := $(VENV)/.labkit-setup-done
+# pytest in TEST_WORKERS processes, each with its share of the cores (labkit_dev/parallel_tests.py says
+# why and measures it); a notebook's cells stay in one process. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+PARALLEL = OMP_NUM_THREADS=$$($(PY) -m labkit_dev.parallel_tests $(TEST_WORKERS))
+XDIST = -p labkit_dev.parallel_tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 NBVAL := -p labkit_dev.nbval_patience --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup constraints bundle course site browser lab test test-fast test-fp32 lint notebooks exercises benchmark gpu-check gpu-carry gpu-check-offline clean
@@ -73,12 +78,12 @@ test-fast: setup
 test: setup lint
 	$(PY) -m labkit_dev.notebooks check
 	$(PY) -m labkit_dev.exercises check
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 $(NBVAL) tests lessons solutions
+	$(PARALLEL) $(PY) -m pytest -q -p no:cacheprovider --durations=25 $(XDIST) $(NBVAL) tests lessons solutions
 
 # The lessons again in fp32, the path of every CPU without native bf16 (most laptops, Apple silicon's
 # CPU): `make test` on a CPU with native bf16 executes them in bf16 (labkit.env.cpu_bf16). CI runs both.
 test-fp32: setup
-	LABKIT_CPU_DTYPE=fp32 $(PY) -m pytest -q -p no:cacheprovider --durations=5 $(NBVAL) lessons
+	LABKIT_CPU_DTYPE=fp32 $(PARALLEL) $(PY) -m pytest -q -p no:cacheprovider --durations=5 $(XDIST) $(NBVAL) lessons
 
 benchmark: setup
 	$(PY) benchmarks/load.py
