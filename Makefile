@@ -73,7 +73,7 @@ notebooks: setup
 	$(PY) -m labkit_dev.exercises build
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not browser" tests
+	$(PARALLEL) $(PY) -m pytest -q -m "not slow and not browser" $(XDIST) tests
 
 test: setup lint
 	$(PY) -m labkit_dev.notebooks check

@@ -128,6 +128,11 @@ class LoraSection(_Section):
                                                    "ia3, prompt_tuning, prefix_tuning")
     virtual_tokens: int = Field(20, ge=1, le=512, description="prompt/prefix tuning: trained virtual tokens")
 
+    @property
+    def effective_method(self) -> str:
+        """The method that trains: `dora: true` with method lora is DoRA (the one rule; run and report read it)."""
+        return "dora" if self.method == "lora" and self.dora else self.method
+
 
 class TrainingSection(_Section):
     epochs: Number = Field(2, gt=0, le=100, description="passes over the training records")
@@ -407,6 +412,9 @@ def _check_semantics(cfg: RunConfig, lines: dict[str, int], check_files: bool) -
                              f"names such as [q_proj, v_proj].{' Did you mean ' + repr(close[0]) + '?' if close else ''}")
     if isinstance(t, list) and not t:
         fail("lora.targets", "the list is empty: name at least one module (e.g. [q_proj, v_proj]).")
+    if cfg.lora.dora and cfg.lora.method not in ("lora", "dora"):
+        fail("lora.dora", f"dora: true is LoRA's variant; it does nothing with method {cfg.lora.method}.",
+             "Remove dora, or set method: dora.")
     _check_reporters(cfg.training.report_to, fail)
     _check_model(cfg.model, fail)
     if cfg.training.early_stopping_patience is not None and d.course is None and not d.val and d.val_fraction == 0:

@@ -61,8 +61,8 @@ def results_table(evaluation: dict) -> str:
 def _method_text(cfg: RunConfig) -> str:
     """The PEFT method in words: LoRA/DoRA with rank and targets, otherwise the method's name."""
     lora = cfg.lora
-    if lora.method in ("lora", "dora"):
-        dora = " (DoRA)" if lora.dora or lora.method == "dora" else ""
+    if lora.effective_method in ("lora", "dora"):
+        dora = " (DoRA)" if lora.effective_method == "dora" else ""
         return f"LoRA r={lora.r} alpha={lora.alpha:g} on {', '.join(cfg.lora_targets)}{dora}"
     extra = f", {lora.virtual_tokens} virtual tokens" if lora.method.endswith("_tuning") else ""
     return f"PEFT method {lora.method}{extra}"

@@ -205,7 +205,7 @@ def load_base(name: str, quantization: str | None, double_quant: bool = True):
 def peft_method_config(cfg: RunConfig):
     """The config's lora section as a PEFT config chosen by name (`lora.method`, labkit.lora.peft_config):
     the `lora=` every labkit trainer takes. `dora: true` with method lora is DoRA."""
-    method = "dora" if cfg.lora.method == "lora" and cfg.lora.dora else cfg.lora.method
+    method = cfg.lora.effective_method
     return peft_config(method, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                        targets=cfg.lora_targets if method != "ia3" or "targets" in cfg.lora.model_fields_set else None,
                        num_virtual_tokens=cfg.lora.virtual_tokens)

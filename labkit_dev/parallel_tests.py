@@ -15,7 +15,10 @@ Used two ways:
 
 import os
 import sys
+import time
 from pathlib import PurePath
+
+import pytest
 
 # The slowest files of `make test`, slowest first (CI durations of 2026-12-07, bf16, 2 threads, in
 # seconds: the sum of their cells or tests). A stale order costs only time, never a result.
@@ -31,7 +34,12 @@ SLOWEST_FIRST = (
     "lessons/07_knowledge_or_behaviour.ipynb",  # ~80
     "solutions/e6_debug_overfitting.ipynb",  # ~70
     "tests/test_bundle.py",  # ~75
+    "tests/test_export.py",  # ~30 of `make test-fast`'s ~110 s of work
+    "tests/test_cli.py",  # ~20 of it
 )
+
+
+_WORKER_SECONDS: dict[str, float] = {}
 
 
 def _rank(path: str) -> int:
@@ -44,6 +52,29 @@ def _rank(path: str) -> int:
 def pytest_collection_modifyitems(items) -> None:
     """Slowest files first; every other file keeps its place (sorted() is stable)."""
     items[:] = sorted(items, key=lambda item: _rank(PurePath(item.nodeid.split("::")[0]).as_posix()))
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._labkit_started = time.monotonic()
+
+
+def pytest_sessionfinish(session) -> None:
+    """A worker reports how long it ran, so the summary shows whether the order left one idling."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["labkit_seconds"] = time.monotonic() - session.config._labkit_started
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook
+def pytest_testnodedown(node, error) -> None:
+    seconds = getattr(node, "workeroutput", {}).get("labkit_seconds")
+    if seconds is not None:
+        _WORKER_SECONDS[node.gateway.id] = seconds
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _WORKER_SECONDS:
+        terminalreporter.write_line("test processes ran: " + ", ".join(
+            f"{name} {seconds:.0f} s" for name, seconds in sorted(_WORKER_SECONDS.items())))
 
 
 def threads_per_worker(workers: int) -> int:

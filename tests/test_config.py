@@ -380,6 +380,20 @@ def test_peft_method_is_chosen_by_name():
         config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "adapters"}})
 
 
+def test_dora_one_rule_for_the_trainer_and_the_report():
+    """`dora: true` or method dora: DoRA in PEFT's config and in the report's words; nothing else is."""
+    from labkit.report import _method_text
+    from labkit.run import peft_method_config
+
+    for lora, dora in [({"dora": True}, True), ({"method": "dora"}, True), ({}, False), ({"method": "ia3"}, False)]:
+        cfg = config_from_dict({"data": {"course": "invoices"}, "lora": lora})
+        assert cfg.lora.effective_method == ("dora" if dora else lora.get("method", "lora"))
+        assert getattr(peft_method_config(cfg), "use_dora", False) is dora
+        assert ("(DoRA)" in _method_text(cfg)) is dora, _method_text(cfg)
+    with pytest.raises(ConfigError, match="lora.dora.*nothing with method ia3"):  # not ignored silently
+        config_from_dict({"data": {"course": "invoices"}, "lora": {"method": "ia3", "dora": True}})
+
+
 def test_optimizer_max_steps_and_double_quant_reach_the_trainer_and_the_loader(monkeypatch, tmp_path):
     """training.optim / training.max_steps go to the trainer as transformers' own keywords, and
     double_quant to load_model: configuration, not new code (issue: the PEFT family as config)."""
