@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import socket
 
 import pytest
@@ -147,8 +148,11 @@ def test_partial_or_corrupt_cache_is_detected(tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_cache_is_rebuilt(monkeypatch, tmp_path):
+    good = models.ensure_cached(verbose=False)  # the machine's cache, copied: one conversion, the rebuild
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    folder = models.ensure_cached(verbose=False)
+    folder = models.cache_dir() / good.name
+    shutil.copytree(good, folder)
+    assert models._cache_is_complete(folder)
     st = folder / "model.safetensors"
     size = st.stat().st_size
     with open(st, "r+b") as fh:  # truncate: a download/convert killed half-way

@@ -421,7 +421,7 @@ def test_nf4_trap_guard_after_generate_learns(tmp_path):
     generate(model, tok, [r["prompt"] for r in test], max_new_tokens=4, progress=False)
     packed_before = T.packed_nf4_layers(model)  # non-empty on AVX512-BF16 CPUs: the trap is armed
     flags_before = {n: m.support_avx512bf16_for_cpu for n, m in linear4bit_layers(model)}
-    h = train_sft(model, tok, course_dataset("invoices", "train")[:64], course_dataset("invoices", "val")[:4],
+    h = train_sft(model, tok, course_dataset("invoices", "train")[:32], course_dataset("invoices", "val")[:4],
                   lora={"r": 16, "alpha": 32}, epochs=1, batch_size=8, learning_rate=1e-3,
                   plot=False, progress=False, output_dir=tmp_path)
     assert T.packed_nf4_layers(h.model) == []
