@@ -218,10 +218,9 @@ def _activation_bytes(config, batch: int, seq: int, dtype_bytes: int, checkpoint
 
     Measured in E7 on a CPU (SmolLM2-135M, LoRA r=16 on q/k/v/o, batch 8 × 151 tokens, bf16): the
     textbook rule alone was 2.5× below what one step added; with the norm, adapter and logit-gradient
-    terms it is within 2× without checkpointing (bf16 and fp32) and with it in bf16; an fp32
-    checkpointed step kept 2.5× the rule (the notebook asserts ≤ 3× there). That excess is glibc's malloc
-    keeping freed blocks, which the resident set counts: with MALLOC_MMAP_THRESHOLD_=65536 the same step
-    added 1.04 GB instead of 1.70 (1.5× the rule), and every E7 setup in both dtypes was within 2×.
+    terms, and with the step run under MALLOC_TRACKS_TENSORS (in this module), every E7 step is within 2×
+    (0.76-1.52: batch 8, 4 × 2 accumulated, checkpointed; bf16 and fp32). Under glibc's default the
+    fp32 checkpointed step read 2.5× the rule: freed blocks the allocator kept, not tensors.
     """
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(config, "hidden_size", None) or config.n_embd
@@ -269,6 +268,14 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+# For a run whose resident set should track its tensors: glibc's malloc raises its mmap threshold as large
+# blocks come and go, then serves them from a heap it keeps after they are freed, and the RSS counts that.
+# Fixed at 64 KB, every larger block is mapped and given back when freed. glibc reads it when a process
+# starts, so it goes into a fresh process's environment (labkit.run.train_in_fresh_process(env=...)).
+# Measured in E7 (one LoRA step, batch 8): checkpointing added 1.70 GB in fp32 without it, 1.04 GB with it.
+MALLOC_TRACKS_TENSORS = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def release_freed_memory() -> bool:

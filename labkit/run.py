@@ -383,14 +383,16 @@ def _training_metrics(history, train_s: float, cfg: RunConfig) -> dict:
             "effective_batch": effective_batch(cfg)}
 
 
-def train_in_fresh_process(config: dict, output_dir: str | Path, timeout_s: int = 1800) -> dict:
+def train_in_fresh_process(config: dict, output_dir: str | Path, timeout_s: int = 1800,
+                           env: dict[str, str] | None = None) -> dict:
     """Run one config (a dict, as in a YAML file) with `labkit train` in a new Python process → its metrics.json.
 
     Why a process per run: on a CPU, memory is measured as the process's resident set, which keeps
     what earlier runs in the same process touched (the allocator's spare pages); a fresh process
     measures one run alone, the way `labkit train` runs on your data. Exercise E7 compares the PEFT
-    methods and the memory mechanics this way. The config is written to `output_dir/run.yaml`; a
-    failed run raises RuntimeError with the end of its output.
+    methods and the memory mechanics this way. `env` adds to the new process's environment (e.g.
+    labkit.memory.MALLOC_TRACKS_TENSORS). The config is written to `output_dir/run.yaml`; a failed run
+    raises RuntimeError with the end of its output.
     """
     import subprocess
     import sys
@@ -400,7 +402,7 @@ def train_in_fresh_process(config: dict, output_dir: str | Path, timeout_s: int 
     path = out / "run.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "labkit.cli", "train", str(path), "--quiet", "--output", str(out)],
-                          capture_output=True, text=True, timeout=timeout_s)
+                          capture_output=True, text=True, timeout=timeout_s, env=os.environ | (env or {}))
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"labkit train {path} failed (exit {proc.returncode}):\n{tail}")

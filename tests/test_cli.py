@@ -234,6 +234,8 @@ def test_train_in_fresh_process_runs_labkit_train_and_returns_its_metrics(tiny_c
     assert tr["steps"] == 1 and tr["trainable_params"] > 0 and tr["seconds_per_step"] > 0
     assert 0 < tr["memory_at_start_mb"] <= tr["peak_memory_mb"]
     assert "evaluation" not in metrics and "PEFT method ia3" in (tmp_path / "ia3" / "report.md").read_text()
+    with pytest.raises(RuntimeError, match="LABKIT_CPU_DTYPE"):  # `env` reaches the new process
+        train_in_fresh_process(config, tmp_path / "env", env={"LABKIT_CPU_DTYPE": "fp17"})
     config["lora"] = {"method": "adapters"}
     with pytest.raises(RuntimeError, match="lora.method"):
         train_in_fresh_process(config, tmp_path / "bad")
