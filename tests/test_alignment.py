@@ -356,24 +356,3 @@ def test_dpo_takes_the_device_recipe_it_is_given(tiny, monkeypatch, tmp_path):
     h = train_dpo(tiny_model(seed=5, tokenizer=tiny_tokenizer_dir())[0], tiny[1], _pairs(4), lora={"r": 2}, batch_size=2, max_steps=1, plot=False,
                   progress=False, output_dir=tmp_path, device="cpu", callbacks=[Args()])
     assert h.steps == 1 and seen[0].use_cpu and not seen[0].fp16 and seen[0].optim == "adamw_torch"
-
-
-@pytest.mark.slow
-def test_train_dpo_on_the_real_model_prefers_concise_answers_on_held_out_prompts():
-    """Held-out implicit reward margins (policy vs the adapter switched off) turn positive, and TRL's own
-    eval accuracy agrees with labkit's independent count."""
-    from labkit.models import load_model
-
-    model, tok = load_model()
-    test = concise_pairs("test")
-    h = train_dpo(model, tok, concise_pairs("train"), test, lora={"r": 16, "alpha": 32, "dropout": 0.0}, epochs=1,
-                  batch_size=8, plot=False, progress=False)
-    policy = score_preferences(h.model, tok, test)
-    with h.model.disable_adapter():
-        ref = score_preferences(h.model, tok, test)
-    implicit = [(p.chosen_logp - r.chosen_logp) - (p.rejected_logp - r.rejected_logp)
-                for p, r in zip(policy, ref, strict=True)]
-    accuracy = sum(m > 0 for m in implicit) / len(test)
-    assert h.margins[-1] > h.margins[0] and h.loss[-1] < h.loss[0]
-    assert accuracy >= 14 / 16, implicit
-    assert abs(h.evals[-1]["accuracy"] - accuracy) <= 1 / 16
