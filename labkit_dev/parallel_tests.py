@@ -35,7 +35,7 @@ SLOWEST_FIRST = (
     "solutions/e6_debug_overfitting.ipynb",  # 106
     "lessons/07_knowledge_or_behaviour.ipynb",  # 98
     "tests/test_bundle.py",  # 73
-    "tests/test_export.py",  # 72 (~30 of it in `make test-fast`, the most there)
+    "tests/test_export.py",  # 52 (~10 of it in `make test-fast`)
     "tests/test_cli.py",  # 17 (~13 of it in `make test-fast`)
 )
 

