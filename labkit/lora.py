@@ -341,8 +341,6 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     exceeds atol. If you trained on an fp32 base, `source_diff` must be within atol too — a large one
     means the wrong base model.
     """
-    from peft import PeftModel
-
     if not hasattr(peft_model, "peft_config") or not hasattr(peft_model, "merge_and_unload"):
         raise LoRAError("merge_and_verify needs a PeftModel (from add_lora or training with LoRA); "
                         f"got {type(peft_model).__name__}. A fully fine-tuned model has nothing to merge.")
@@ -357,15 +355,22 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
                             "add_lora change a model in place). Pass a clean copy of the base, e.g. "
                             "copy.deepcopy(base) made before adding LoRA, or a course model name.")
         base = copy.deepcopy(base_source).float()
-    base.eval()
+    return _merge_onto(peft_model, base, _name(base_source), tokenizer, atol, prompts)
 
+
+def _merge_onto(peft_model, base: nn.Module, base_name: str, tokenizer, atol: float,
+                prompts: Sequence[str] | None) -> MergeReport:
+    """merge_and_verify's work on an fp32 `base` it may consume (the merge ends up in it: no second copy)."""
+    from peft import PeftModel
+
+    base.eval()
     batches = _prompt_batches(tokenizer, prompts, base.config.vocab_size)
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         try:
             reference = PeftModel.from_pretrained(base, tmp)
         except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatches, unknown target layers
-            raise LoRAError(f"The adapter does not fit the base model {_name(base_source)}: {exc}\n"
+            raise LoRAError(f"The adapter does not fit the base model {base_name}: {exc}\n"
                             "Merge into the same base architecture you trained on.") from exc
     reference_logits = _logits(reference, batches)
     merged = reference.merge_and_unload()
@@ -382,7 +387,7 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
         why = (f"merged vs adapter-on-fp32-base differs by {diff:.3g} > atol {atol:g}: the merge changed "
                "the model's outputs." if diff > atol else
                f"the merged model differs from the model you trained by {source_diff:.3g} > atol {atol:g}, "
-               f"although both are fp32: {_name(base_source)} is probably not the base the "
+               f"although both are fp32: {base_name} is probably not the base the "
                "adapter was trained on.")
         raise LoRAError(f"Merge verification failed: {why}\n{report}")
     return report
@@ -424,7 +429,8 @@ def merge_into_dequantized(peft_model, tokenizer=None, atol: float = 1e-3,
         twin = copy.deepcopy(peft_model)
     base = twin.unload().dequantize(dtype=torch.float32)  # transformers' bitsandbytes dequantisation
     base.is_loaded_in_4bit = base.is_loaded_in_8bit = False  # dequantize() leaves the load-time flags set
-    report = merge_and_verify(peft_model, base, tokenizer=tokenizer, atol=atol, prompts=prompts)
+    del twin  # the twin's base is `base` now: the merge goes into it, with no further fp32 copy
+    report = _merge_onto(peft_model, base, "the NF4 base dequantised to fp32", tokenizer, atol, prompts)
     report.dequantized = True
     return report
 

@@ -321,6 +321,23 @@ def test_merge_into_dequantized_keeps_the_qlora_model_and_the_fp32_merge_does_no
         merge_into_dequantized(add_lora(load_model(str(folder))[0], r=4))
 
 
+def test_merge_into_dequantized_copies_only_the_4bit_model(tmp_path, monkeypatch):
+    """The fp32 merge is built in the dequantised copy itself: one copy of the 4-bit model, and no second
+    full-precision copy of the base (the memory a laptop or a T4 is short of)."""
+    import copy
+    import types
+
+    from labkit import lora
+    from labkit.models import load_model, save_tiny_model
+
+    model, tok = load_model(str(save_tiny_model(tmp_path / "tiny")), quantization="nf4", dtype=torch.float32)
+    model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    copied = []
+    monkeypatch.setattr(lora, "copy", types.SimpleNamespace(deepcopy=lambda obj: copied.append(obj) or copy.deepcopy(obj)))
+    report = lora.merge_into_dequantized(model, tokenizer=tok)
+    assert report.ok and [id(obj) for obj in copied] == [id(model)]
+
+
 def _has_lora(model) -> bool:
     return any("lora_" in n for n, _ in model.named_parameters())
 
