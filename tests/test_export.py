@@ -27,7 +27,6 @@ from labkit.export import (
     write_modelfile,
 )
 
-pytestmark = pytest.mark.course_model
 PRE = "gpt2"  # llama.cpp's name for plain byte-level BPE pre-tokenizing: the test tokenizer's
 
 
@@ -97,6 +96,7 @@ def test_a_file_without_the_rotary_permutation_is_caught_and_deleted(tiny_dir, e
     assert entry.max_logit_diff > 100 * exported.files[0].max_logit_diff
 
 
+@pytest.mark.course_model
 def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(course_tokenizer_gguf):
     import gguf
 
@@ -120,6 +120,7 @@ def test_the_gguf_holds_the_tokenizer_llama_cpp_s_converter_writes(course_tokeni
         assert field.contents() == theirs[key].contents(), key
 
 
+@pytest.mark.course_model
 def test_modelfile_runs_the_first_file_with_chatml_and_stops(exported):
     from labkit.models import load_tokenizer
 
@@ -139,6 +140,7 @@ def test_modelfile_runs_the_first_file_with_chatml_and_stops(exported):
     assert hf == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
+@pytest.mark.course_model
 def test_modelfile_with_a_system_prompt_of_your_own(tmp_path):
     from labkit.models import load_tokenizer
 
@@ -179,6 +181,7 @@ def test_other_architectures_are_refused_with_what_is_supported():
 
 
 @pytest.mark.slow
+@pytest.mark.course_model
 def test_the_course_model_round_trip(tmp_path, capsys):
     """SmolLM2-135M itself: f16, bf16 and q8_0 load back within their tolerances."""
     report = export_gguf("smollm2-135m", tmp_path, types=("f16", "bf16", "q8_0"))
@@ -189,6 +192,7 @@ def test_the_course_model_round_trip(tmp_path, capsys):
     assert f16.max_logit_diff < bf16.max_logit_diff and f16.max_logit_diff < q8.max_logit_diff
 
 
+@pytest.mark.course_model
 def test_course_template_modelfile_prompts_as_labkit_train_did(tmp_path):
     from labkit.data import format_prompt
     from labkit.models import load_tokenizer
