@@ -141,6 +141,32 @@ def make_records(seed: int = SEED, sizes: dict[str, int] | None = None) -> dict[
     return out
 
 
+# Layouts the generator never writes (`_layout` has five), for measuring overfitting to format: the same
+# invoice, its fields in another arrangement. Amounts use the currency's first format.
+NEW_LAYOUTS = ("one field per line", "swapped columns")
+
+
+def relayout(record: dict, style: str) -> dict:
+    """The invoice of `record` (a course record) in a layout training never showed → a record with the same
+    answer. Why: a model can learn where the fields sit instead of what they are, which only a new layout
+    reveals (lesson 05 measures it). Rebuilt from the answer JSON, so nothing but the layout changes."""
+    if style not in NEW_LAYOUTS:
+        raise ValueError(f"Unknown layout {style!r}; choose from {list(NEW_LAYOUTS)}.")
+    data = json.loads(record["completion"])
+    fmt = _FORMATS[data["currency"]][0]
+
+    def money(value: float) -> str:
+        return _amount(round(value * 100), fmt)
+
+    if style == "one field per line":
+        lines = [line for item in data["items"] for line in (
+            f"Product: {item['name']}", f"Quantity: {item['qty']}", f"Unit price: {money(item['price'])}")]
+    else:  # "swapped columns": a training layout's table, its columns in the reverse order
+        lines = ["Price | Qty | Item"] + [f"{money(item['price'])} | {item['qty']} | {item['name']}" for item in data["items"]]
+    lines.append(f"Total: {money(data['total'])}")
+    return to_record(INSTRUCTION, record["completion"], input="\n".join(lines))
+
+
 def write_datasets(folder: Path, seed: int = SEED) -> dict[str, Path]:
     """Write invoices_{split}.jsonl (one JSON record per line) into `folder` → {split: path}."""
     folder.mkdir(parents=True, exist_ok=True)

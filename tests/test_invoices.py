@@ -83,3 +83,22 @@ def test_records_are_short(generated):
     lengths = [len(tok(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in generated["train"]]
     assert statistics.mean(lengths) <= 120, statistics.mean(lengths)
     assert max(lengths) <= 200
+
+
+@pytest.mark.parametrize("style", invoices.NEW_LAYOUTS)
+def test_a_new_layout_keeps_the_answer_and_is_one_training_never_shows(generated, style):
+    record = generated["test"][len(invoices.HARD_CASES)]
+    moved = invoices.relayout(record, style)
+    assert moved["completion"] == record["completion"] and moved["prompt"] != record["prompt"]
+    data = json.loads(record["completion"])
+    invoice = moved["prompt"].split("### Input:\n")[1]
+    # every field is still printed: the name, the quantity and each amount (in the currency's first format)
+    assert all(item["name"] in invoice and f"{item['price']:.2f}" in invoice for item in data["items"])
+    assert f"{data['total']:.2f}" in invoice
+    marker = {"one field per line": "Unit price: ", "swapped columns": "Price | Qty | Item"}[style]
+    assert marker in invoice and not [r for r in generated["train"] if marker in r["prompt"]]
+
+
+def test_an_unknown_layout_names_the_known_ones():
+    with pytest.raises(ValueError, match="one field per line"):
+        invoices.relayout({"prompt": "", "completion": "{}"}, "diagonal")
