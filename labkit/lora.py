@@ -427,7 +427,9 @@ def merge_into_dequantized(peft_model, tokenizer=None, atol: float = 1e-3,
                         "merge_and_verify is already exact.")
     with no_repacking(peft_model):
         twin = copy.deepcopy(peft_model)
-    base = twin.unload().dequantize(dtype=torch.float32)  # transformers' bitsandbytes dequantisation
+    # transformers' bitsandbytes dequantisation turns the 4-bit layers into fp32; .float() the rest (embeddings,
+    # norms: bf16 where the model computes in bf16), in place
+    base = twin.unload().dequantize(dtype=torch.float32).float()
     base.is_loaded_in_4bit = base.is_loaded_in_8bit = False  # dequantize() leaves the load-time flags set
     del twin  # the twin's base is `base` now: the merge goes into it, with no further fp32 copy
     report = _merge_onto(peft_model, base, "the NF4 base dequantised to fp32", tokenizer, atol, prompts)

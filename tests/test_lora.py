@@ -330,12 +330,14 @@ def test_merge_into_dequantized_copies_only_the_4bit_model(tmp_path, monkeypatch
     from labkit import lora
     from labkit.models import load_model, save_tiny_model
 
-    model, tok = load_model(str(save_tiny_model(tmp_path / "tiny")), quantization="nf4", dtype=torch.float32)
+    # bf16 outside the 4-bit layers (as a bf16 CPU or a GPU run loads it): the merge must cast those too
+    model, tok = load_model(str(save_tiny_model(tmp_path / "tiny")), quantization="nf4", dtype=torch.bfloat16)
     model = add_lora(model, r=4, alpha=8, dropout=0.0)
     copied = []
     monkeypatch.setattr(lora, "copy", types.SimpleNamespace(deepcopy=lambda obj: copied.append(obj) or copy.deepcopy(obj)))
     report = lora.merge_into_dequantized(model, tokenizer=tok)
     assert report.ok and [id(obj) for obj in copied] == [id(model)]
+    assert {p.dtype for p in report.merged_model.parameters()} == {torch.float32}
 
 
 def _has_lora(model) -> bool:
