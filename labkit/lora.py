@@ -347,23 +347,24 @@ def merge_and_verify(peft_model, base_source: str | nn.Module = "smollm2-135m", 
     if isinstance(base_source, str):
         from labkit.models import load_model, load_tokenizer
 
-        base = load_model(base_source)[0].float()
+        base = load_model(base_source)[0]
         tokenizer = tokenizer or load_tokenizer(base_source)
     else:
         if _has_adapters(base_source):
             raise LoRAError("The base model you passed already contains LoRA layers (get_peft_model / "
                             "add_lora change a model in place). Pass a clean copy of the base, e.g. "
                             "copy.deepcopy(base) made before adding LoRA, or a course model name.")
-        base = copy.deepcopy(base_source).float()
+        base = copy.deepcopy(base_source)
     return _merge_onto(peft_model, base, _name(base_source), tokenizer, atol, prompts)
 
 
 def _merge_onto(peft_model, base: nn.Module, base_name: str, tokenizer, atol: float,
                 prompts: Sequence[str] | None) -> MergeReport:
-    """merge_and_verify's work on an fp32 `base` it may consume (the merge ends up in it: no second copy)."""
+    """merge_and_verify's work on `base`, which it consumes: cast to fp32 in place (Module.float), the merge
+    ends up in it, with no second copy."""
     from peft import PeftModel
 
-    base.eval()
+    base.float().eval()
     batches = _prompt_batches(tokenizer, prompts, base.config.vocab_size)
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
@@ -427,9 +428,9 @@ def merge_into_dequantized(peft_model, tokenizer=None, atol: float = 1e-3,
                         "merge_and_verify is already exact.")
     with no_repacking(peft_model):
         twin = copy.deepcopy(peft_model)
-    # transformers' bitsandbytes dequantisation turns the 4-bit layers into fp32; .float() the rest (embeddings,
-    # norms: bf16 where the model computes in bf16), in place
-    base = twin.unload().dequantize(dtype=torch.float32).float()
+    # transformers' bitsandbytes dequantisation turns the 4-bit layers into fp32; _merge_onto casts the rest
+    # (embeddings, norms: bf16 where the model computes in bf16) in place
+    base = twin.unload().dequantize(dtype=torch.float32)
     base.is_loaded_in_4bit = base.is_loaded_in_8bit = False  # dequantize() leaves the load-time flags set
     del twin  # the twin's base is `base` now: the merge goes into it, with no further fp32 copy
     report = _merge_onto(peft_model, base, "the NF4 base dequantised to fp32", tokenizer, atol, prompts)

@@ -330,7 +330,7 @@ def test_merge_into_dequantized_copies_only_the_4bit_model(tmp_path, monkeypatch
     from labkit import lora
     from labkit.models import load_model, save_tiny_model
 
-    # bf16 outside the 4-bit layers (as a bf16 CPU or a GPU run loads it): the merge must cast those too
+    # bf16 outside the 4-bit layers, as a bf16 CPU or a GPU run loads it; the merged model is all fp32
     model, tok = load_model(str(save_tiny_model(tmp_path / "tiny")), quantization="nf4", dtype=torch.bfloat16)
     model = add_lora(model, r=4, alpha=8, dropout=0.0)
     copied = []
